@@ -1,0 +1,643 @@
+//! The generic registry: one implementation of get, list, create, update, patch and delete for
+//! every resource, parameterised by its [`ResourceDef`] and the hooks in [`crate::strategy`].
+//! HTTP concerns (routing, negotiation, streaming) live in [`crate::http`]; this module speaks in
+//! JSON values and [`ApiError`]s.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde_json::{Value, json};
+use store::{KeyValue, RangeRequest, Revision, Store, StoreError};
+
+use crate::allocator::ServiceIps;
+use crate::objects::{self, encode_for_storage, metadata_mut};
+use crate::resources::{Registry, ResourceDef};
+use crate::status::{ApiError, ApiResult, Cause};
+use crate::{strategy, typed};
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum FieldValidation {
+    Ignore,
+    #[default]
+    Warn,
+    Strict,
+}
+
+impl FieldValidation {
+    pub fn parse(s: Option<&str>) -> ApiResult<Self> {
+        match s {
+            None | Some("") | Some("Warn") => Ok(Self::Warn),
+            Some("Strict") => Ok(Self::Strict),
+            Some("Ignore") => Ok(Self::Ignore),
+            Some(other) => Err(ApiError::bad_request(format!(
+                "fieldValidation parameter {other:?} is invalid; valid values are Ignore, Warn and Strict"
+            ))),
+        }
+    }
+}
+
+/// Options common to every write.
+#[derive(Clone, Debug, Default)]
+pub struct WriteOptions {
+    pub dry_run: bool,
+    pub field_validation: FieldValidation,
+    pub field_manager: Option<String>,
+    pub force: bool,
+}
+
+/// Which part of an object a write addresses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Part {
+    Main,
+    Status,
+    /// Spec and status together: for server-internal writes such as pod binding.
+    All,
+}
+
+/// What a successful write hands back.
+pub struct Written {
+    pub object: Value,
+    pub warnings: Vec<String>,
+    /// True when the write created the object (201 instead of 200).
+    pub created: bool,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOptions {
+    pub grace_period_seconds: Option<i64>,
+    pub propagation_policy: Option<String>,
+    pub precondition_uid: Option<String>,
+    pub precondition_resource_version: Option<String>,
+    pub dry_run: bool,
+}
+
+impl DeleteOptions {
+    /// Merges a DeleteOptions body over the query parameters (the body wins, as upstream).
+    pub fn merge_body(&mut self, body: &Value) -> ApiResult<()> {
+        if let Some(g) = body.get("gracePeriodSeconds").filter(|v| !v.is_null()) {
+            self.grace_period_seconds = Some(g.as_i64().ok_or_else(|| ApiError::bad_request("gracePeriodSeconds must be an integer"))?);
+        }
+        if let Some(p) = body.get("propagationPolicy").and_then(Value::as_str) {
+            self.propagation_policy = Some(p.to_string());
+        }
+        if body.get("orphanDependents") == Some(&json!(true)) && self.propagation_policy.is_none() {
+            self.propagation_policy = Some("Orphan".into());
+        }
+        if let Some(pre) = body.get("preconditions") {
+            self.precondition_uid = pre.get("uid").and_then(Value::as_str).map(str::to_string);
+            self.precondition_resource_version = pre.get("resourceVersion").and_then(Value::as_str).map(str::to_string);
+        }
+        if let Some(d) = body.get("dryRun").and_then(Value::as_array) {
+            self.dry_run = d.iter().any(|v| v == "All");
+        }
+        Ok(())
+    }
+}
+
+/// The result of a delete: the object is gone, or it is now terminating and still readable.
+pub enum Deleted {
+    Gone(Value),
+    Pending(Value),
+}
+
+/// How many times a server-side read-modify-write retries a lost compare-and-swap before giving up.
+const MAX_CAS_RETRIES: usize = 16;
+
+pub struct Api {
+    pub store: Arc<dyn Store>,
+    pub registry: Arc<Registry>,
+    pub service_ips: ServiceIps,
+}
+
+fn parse_rv(s: &str) -> ApiResult<Revision> {
+    s.parse::<Revision>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}")))
+}
+
+impl Api {
+    pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, service_ips: ServiceIps) -> Self {
+        Self { store, registry, service_ips }
+    }
+
+    fn namespace_def(&self) -> Arc<ResourceDef> {
+        self.registry.get("", "v1", "namespaces").expect("namespaces are built in")
+    }
+
+    pub async fn get_kv(&self, def: &ResourceDef, namespace: Option<&str>, name: &str) -> ApiResult<KeyValue> {
+        let (kv, _) = self.store.get(&def.key(namespace, name)).await?;
+        kv.ok_or_else(|| ApiError::not_found(def, name))
+    }
+
+    pub async fn get(&self, def: &ResourceDef, namespace: Option<&str>, name: &str) -> ApiResult<Value> {
+        let kv = self.get_kv(def, namespace, name).await?;
+        objects::decode(&kv).map_err(ApiError::internal)
+    }
+
+    /// Checks the namespace a namespaced object is created in exists and is not terminating.
+    async fn check_namespace(&self, def: &ResourceDef, namespace: Option<&str>) -> ApiResult<()> {
+        if !def.namespaced {
+            return Ok(());
+        }
+        let Some(ns) = namespace else { return Err(ApiError::bad_request("a namespace is required for namespaced resources")) };
+        let ns_def = self.namespace_def();
+        let (kv, _) = self.store.get(&ns_def.key(None, ns)).await?;
+        let Some(kv) = kv else { return Err(ApiError::namespace_not_found(ns)) };
+        let obj: Value = serde_json::from_slice(&kv.value).map_err(ApiError::internal)?;
+        if objects::is_deleting(&obj) && def.kind != "Event" {
+            let mut err = ApiError::forbidden(format!(
+                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                def.plural, ""
+            ));
+            err.details = Some(json!({"kind": def.plural, "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}));
+            return Err(err);
+        }
+        Ok(())
+    }
+
+    /// Normalizes apiVersion/kind/namespace of a body against the endpoint it was sent to.
+    fn check_identity(&self, def: &ResourceDef, namespace: Option<&str>, obj: &mut Value) -> ApiResult<()> {
+        if !obj.is_object() {
+            return Err(ApiError::bad_request("the body of the request must be a JSON or YAML object"));
+        }
+        let api_version = def.api_version();
+        match obj.get("apiVersion").and_then(Value::as_str) {
+            None | Some("") => obj["apiVersion"] = json!(api_version),
+            Some(v) if v == api_version => {}
+            Some(v) => {
+                return Err(ApiError::bad_request(format!(
+                    "the API version in the data ({v}) does not match the expected API version ({api_version})"
+                )));
+            }
+        }
+        match obj.get("kind").and_then(Value::as_str) {
+            None | Some("") => obj["kind"] = json!(def.kind),
+            Some(k) if k == def.kind => {}
+            Some(k) => {
+                return Err(ApiError::bad_request(format!("the kind in the data ({k}) does not match the expected kind ({})", def.kind)));
+            }
+        }
+        let meta = metadata_mut(obj);
+        if def.namespaced {
+            match (meta.get("namespace").and_then(Value::as_str), namespace) {
+                (Some(body_ns), Some(url_ns)) if !body_ns.is_empty() && body_ns != url_ns => {
+                    return Err(ApiError::bad_request(
+                        "the namespace of the provided object does not match the namespace sent on the request",
+                    ));
+                }
+                (_, Some(url_ns)) => {
+                    meta.insert("namespace".into(), json!(url_ns));
+                }
+                (_, None) => {}
+            }
+        } else {
+            meta.remove("namespace");
+        }
+        Ok(())
+    }
+
+    /// Type-checks and prunes a built-in object; custom resources go through their schema.
+    fn decode_typed(&self, def: &ResourceDef, obj: Value, validation: FieldValidation, warnings: &mut Vec<String>) -> ApiResult<Value> {
+        if def.custom {
+            return crate::crd::validate_custom(def, obj, validation, warnings);
+        }
+        match typed::decode(&def.group, &def.version, &def.kind, &obj) {
+            None => Ok(obj),
+            Some(Err(e)) => Err(ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", def.kind, def.version, def.kind))),
+            Some(Ok(decoded)) => {
+                if !decoded.unknown_fields.is_empty() {
+                    match validation {
+                        FieldValidation::Strict => {
+                            let list: Vec<String> = decoded.unknown_fields.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+                            return Err(ApiError::bad_request(format!("strict decoding error: {}", list.join(", "))));
+                        }
+                        FieldValidation::Warn => warnings.extend(decoded.unknown_fields.iter().map(|f| format!("unknown field \"{f}\""))),
+                        FieldValidation::Ignore => {}
+                    }
+                }
+                Ok(decoded.object)
+            }
+        }
+    }
+
+    pub async fn create(&self, def: &ResourceDef, namespace: Option<&str>, mut obj: Value, opts: &WriteOptions) -> ApiResult<Written> {
+        self.check_identity(def, namespace, &mut obj)?;
+        let mut warnings = Vec::new();
+        let mut obj = self.decode_typed(def, obj, opts.field_validation, &mut warnings)?;
+        {
+            let meta = metadata_mut(&mut obj);
+            if meta.get("resourceVersion").and_then(Value::as_str).is_some_and(|rv| !rv.is_empty()) {
+                return Err(ApiError::bad_request("resourceVersion should not be set on objects to be created"));
+            }
+            let has_name = meta.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+            if !has_name && let Some(prefix) = meta.get("generateName").and_then(Value::as_str).filter(|p| !p.is_empty()) {
+                let name = format!("{prefix}{}", objects::random_suffix(5));
+                meta.insert("name".into(), json!(name));
+            }
+            meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
+            meta.insert("creationTimestamp".into(), json!(objects::now_rfc3339()));
+            for server_owned in ["deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+                meta.remove(server_owned);
+            }
+            if def.tracks_generation || def.custom {
+                meta.insert("generation".into(), json!(1));
+            } else {
+                meta.remove("generation");
+            }
+        }
+        strategy::initial_status(def, &mut obj);
+        strategy::apply_defaults(def, &mut obj);
+        let name = objects::name(&obj).to_string();
+        let causes = strategy::validate(def, &obj, None);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(def, &name, causes));
+        }
+        self.check_namespace(def, namespace).await?;
+        let allocated = if def.kind == "Service" && def.group.is_empty() {
+            self.service_ips.allocate_for(def, &mut obj, &*self.store).await?
+        } else {
+            None
+        };
+        if def.kind == "CustomResourceDefinition" {
+            crate::crd::validate_crd(def, &obj)?;
+        }
+        if opts.dry_run {
+            if let Some(ip) = allocated {
+                self.service_ips.release(ip);
+            }
+            return Ok(Written { object: obj, warnings, created: true });
+        }
+        let key = def.key(namespace, &name);
+        match self.store.create(&key, encode_for_storage(&obj)).await {
+            Ok(kv) => {
+                metadata_mut(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+                Ok(Written { object: obj, warnings, created: true })
+            }
+            Err(e) => {
+                if let Some(ip) = allocated {
+                    self.service_ips.release(ip);
+                }
+                Err(match e {
+                    StoreError::AlreadyExists(_) => ApiError::already_exists(def, &name),
+                    other => other.into(),
+                })
+            }
+        }
+    }
+
+    /// Runs the update pipeline on `new` against the stored `current` and writes it with a
+    /// compare-and-swap on `current`'s revision.
+    async fn write_update(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        current: &KeyValue,
+        new: Value,
+        part: Part,
+        opts: &WriteOptions,
+    ) -> ApiResult<Written> {
+        let old: Value = objects::decode(current).map_err(ApiError::internal)?;
+        let mut new = new;
+        self.check_identity(def, namespace, &mut new)?;
+        if objects::name(&new) != name {
+            return Err(ApiError::bad_request(format!(
+                "the name of the object ({}) does not match the name on the URL ({name})",
+                objects::name(&new)
+            )));
+        }
+        if let Some(rv) = objects::meta_str(&new, "resourceVersion").filter(|rv| !rv.is_empty())
+            && parse_rv(rv)? != current.mod_revision
+        {
+            return Err(ApiError::stale(def, name));
+        }
+        let mut warnings = Vec::new();
+        let mut new = self.decode_typed(def, new, opts.field_validation, &mut warnings)?;
+        // Server-owned metadata cannot be changed by a client.
+        {
+            let old_meta = objects::metadata(&old).cloned().unwrap_or_default();
+            let meta = metadata_mut(&mut new);
+            for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "selfLink"] {
+                match old_meta.get(field) {
+                    Some(v) => meta.insert(field.into(), v.clone()),
+                    None => meta.remove(field),
+                };
+            }
+            if objects::is_deleting(&old) {
+                // A terminating object may drop finalizers but not gain new ones.
+                let old_finalizers = objects::finalizers(&old);
+                let added: Vec<String> = objects::finalizers(&new).into_iter().filter(|f| !old_finalizers.contains(f)).collect();
+                if !added.is_empty() {
+                    return Err(ApiError::invalid(
+                        def,
+                        name,
+                        vec![Cause::forbidden("metadata.finalizers", format!("no new finalizers can be added if the object is being deleted, found new finalizers {added:?}"))],
+                    ));
+                }
+            }
+        }
+        match part {
+            Part::Main if def.status => {
+                // The main resource ignores status; the status subresource carries it.
+                match old.get("status") {
+                    Some(s) => new["status"] = s.clone(),
+                    None => {
+                        if let Some(o) = new.as_object_mut() {
+                            o.remove("status");
+                        }
+                    }
+                }
+            }
+            Part::Main | Part::All => {}
+            Part::Status => {
+                // The status subresource changes status only (and labels/annotations, as upstream).
+                let status = new.get("status").cloned();
+                let new_meta = objects::metadata(&new).cloned().unwrap_or_default();
+                let mut merged = old.clone();
+                match status {
+                    Some(s) => merged["status"] = s,
+                    None => {
+                        if let Some(o) = merged.as_object_mut() {
+                            o.remove("status");
+                        }
+                    }
+                }
+                let meta = metadata_mut(&mut merged);
+                for field in ["labels", "annotations", "ownerReferences", "finalizers"] {
+                    match new_meta.get(field) {
+                        Some(v) => meta.insert(field.into(), v.clone()),
+                        None => meta.remove(field),
+                    };
+                }
+                new = merged;
+            }
+        }
+        strategy::apply_defaults(def, &mut new);
+        if (def.tracks_generation || def.custom) && part != Part::Status && objects::spec_part(&old) != objects::spec_part(&new) {
+            let generation = objects::metadata(&old).and_then(|m| m.get("generation")).and_then(Value::as_i64).unwrap_or(0);
+            metadata_mut(&mut new).insert("generation".into(), json!(generation + 1));
+        }
+        let causes = strategy::validate(def, &new, Some(&old));
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(def, name, causes));
+        }
+        if def.kind == "CustomResourceDefinition" {
+            crate::crd::validate_crd(def, &new)?;
+        }
+        let unchanged = {
+            let mut a = new.clone();
+            let mut b = old.clone();
+            for v in [&mut a, &mut b] {
+                metadata_mut(v).remove("resourceVersion");
+                metadata_mut(v).remove("managedFields");
+            }
+            a == b
+        };
+        if opts.dry_run {
+            return Ok(Written { object: new, warnings, created: false });
+        }
+        // Removing the last finalizer from an object whose deletion is due completes the delete.
+        if objects::is_deleting(&new) && objects::finalizers(&new).is_empty() && deletion_due(&new) {
+            let key = def.key(namespace, name);
+            return match self.store.delete(&key, Some(current.mod_revision)).await {
+                Ok((_, rev)) => {
+                    metadata_mut(&mut new).insert("resourceVersion".into(), json!(rev.to_string()));
+                    Ok(Written { object: new, warnings, created: false })
+                }
+                Err(StoreError::Conflict { .. }) => Err(ApiError::stale(def, name)),
+                Err(StoreError::NotFound(_)) => Err(ApiError::not_found(def, name)),
+                Err(e) => Err(e.into()),
+            };
+        }
+        if unchanged {
+            // Upstream skips no-op writes: the revision does not move and watchers see nothing.
+            return Ok(Written { object: old, warnings, created: false });
+        }
+        let key = def.key(namespace, name);
+        match self.store.update(&key, encode_for_storage(&new), current.mod_revision).await {
+            Ok(kv) => {
+                metadata_mut(&mut new).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+                Ok(Written { object: new, warnings, created: false })
+            }
+            Err(StoreError::Conflict { .. }) => Err(ApiError::stale(def, name)),
+            Err(StoreError::NotFound(_)) => Err(ApiError::not_found(def, name)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// PUT: replace the object (or its status).
+    pub async fn update(&self, def: &ResourceDef, namespace: Option<&str>, name: &str, new: Value, part: Part, opts: &WriteOptions) -> ApiResult<Written> {
+        let rv_given = objects::meta_str(&new, "resourceVersion").is_some_and(|rv| !rv.is_empty());
+        let mut attempts = 0;
+        loop {
+            let current = match self.get_kv(def, namespace, name).await {
+                Ok(kv) => kv,
+                Err(e) if e.code == 404 && part == Part::Main && allows_create_on_update(def) => {
+                    let mut new = new.clone();
+                    metadata_mut(&mut new).remove("resourceVersion");
+                    return self.create(def, namespace, new, opts).await;
+                }
+                Err(e) => return Err(e),
+            };
+            match self.write_update(def, namespace, name, &current, new.clone(), part, opts).await {
+                Err(e) if e.code == 409 && e.reason == "Conflict" && !rv_given && attempts < MAX_CAS_RETRIES => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
+    /// PATCH: read, apply `patch_fn`, write with compare-and-swap, retrying lost races.
+    pub async fn patch(
+        &self,
+        def: &ResourceDef,
+        namespace: Option<&str>,
+        name: &str,
+        part: Part,
+        opts: &WriteOptions,
+        patch_fn: &(dyn Fn(Option<&Value>) -> ApiResult<Value> + Send + Sync),
+    ) -> ApiResult<Written> {
+        let mut attempts = 0;
+        loop {
+            let current = match self.get_kv(def, namespace, name).await {
+                Ok(kv) => kv,
+                Err(e) if e.code == 404 => {
+                    // Only server-side apply creates through PATCH; others see NotFound.
+                    let created = patch_fn(None).map_err(|_| e.clone())?;
+                    return self.create(def, namespace, created, opts).await;
+                }
+                Err(e) => return Err(e),
+            };
+            let old = objects::decode(&current).map_err(ApiError::internal)?;
+            let patched = patch_fn(Some(&old))?;
+            let rv_given = objects::meta_str(&patched, "resourceVersion").is_some_and(|rv| Some(rv) != objects::meta_str(&old, "resourceVersion"));
+            match self.write_update(def, namespace, name, &current, patched, part, opts).await {
+                Err(e) if e.code == 409 && e.reason == "Conflict" && !rv_given && attempts < MAX_CAS_RETRIES => attempts += 1,
+                other => return other,
+            }
+        }
+    }
+
+    pub async fn delete(&self, def: &ResourceDef, namespace: Option<&str>, name: &str, opts: &DeleteOptions) -> ApiResult<Deleted> {
+        let mut attempts = 0;
+        loop {
+            match self.try_delete(def, namespace, name, opts).await {
+                Err(e) if e.code == 409 && e.reason == "Conflict" && opts.precondition_resource_version.is_none() && attempts < MAX_CAS_RETRIES => {
+                    attempts += 1
+                }
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_delete(&self, def: &ResourceDef, namespace: Option<&str>, name: &str, opts: &DeleteOptions) -> ApiResult<Deleted> {
+        let current = self.get_kv(def, namespace, name).await?;
+        let mut obj = objects::decode(&current).map_err(ApiError::internal)?;
+        if let Some(uid) = &opts.precondition_uid
+            && objects::meta_str(&obj, "uid") != Some(uid.as_str())
+        {
+            return Err(ApiError::conflict(
+                def,
+                name,
+                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", objects::meta_str(&obj, "uid").unwrap_or("")),
+            ));
+        }
+        if let Some(rv) = &opts.precondition_resource_version
+            && parse_rv(rv)? != current.mod_revision
+        {
+            return Err(ApiError::conflict(
+                def,
+                name,
+                &format!("Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}", current.mod_revision),
+            ));
+        }
+        let policy = opts.propagation_policy.as_deref().unwrap_or("Background");
+        if !matches!(policy, "Background" | "Foreground" | "Orphan") {
+            return Err(ApiError::invalid(
+                def,
+                name,
+                vec![Cause::unsupported("propagationPolicy", &json!(policy), &["Foreground", "Background", "Orphan"])],
+            ));
+        }
+        let mut finalizers = objects::finalizers(&obj);
+        let already_deleting = objects::is_deleting(&obj);
+        let mut changed = false;
+        let wanted = match policy {
+            "Foreground" => Some("foregroundDeletion"),
+            "Orphan" => Some("orphan"),
+            _ => None,
+        };
+        if let Some(f) = wanted
+            && !finalizers.iter().any(|x| x == f)
+            && (!already_deleting || opts.propagation_policy.is_some())
+        {
+            finalizers.retain(|x| x != "foregroundDeletion" && x != "orphan");
+            finalizers.push(f.to_string());
+            changed = true;
+        }
+        let grace = self.grace_period(def, &obj, opts);
+        // Namespaces keep their spec finalizers until the namespace controller has emptied them.
+        let spec_finalizers = def.kind == "Namespace"
+            && def.group.is_empty()
+            && obj.pointer("/spec/finalizers").and_then(Value::as_array).is_some_and(|a| !a.is_empty());
+        let pending = !finalizers.is_empty() || grace > 0 || spec_finalizers;
+        if !pending {
+            if opts.dry_run {
+                return Ok(Deleted::Gone(obj));
+            }
+            let key = def.key(namespace, name);
+            return match self.store.delete(&key, Some(current.mod_revision)).await {
+                Ok((_, rev)) => {
+                    metadata_mut(&mut obj).insert("resourceVersion".into(), json!(rev.to_string()));
+                    if def.kind == "Service" && def.group.is_empty() {
+                        self.service_ips.release_of(&obj);
+                    }
+                    Ok(Deleted::Gone(obj))
+                }
+                Err(StoreError::Conflict { .. }) => Err(ApiError::stale(def, name)),
+                Err(StoreError::NotFound(_)) => Err(ApiError::not_found(def, name)),
+                Err(e) => Err(e.into()),
+            };
+        }
+        let meta = metadata_mut(&mut obj);
+        if changed {
+            meta.insert("finalizers".into(), json!(finalizers));
+        }
+        if !already_deleting {
+            let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
+            meta.insert("deletionTimestamp".into(), json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()));
+            meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            changed = true;
+        } else if grace < meta.get("deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) {
+            // A second delete may shorten the grace period, never lengthen it.
+            let at = jiff::Timestamp::now() + jiff::SignedDuration::from_secs(grace);
+            meta.insert("deletionTimestamp".into(), json!(at.strftime("%Y-%m-%dT%H:%M:%SZ").to_string()));
+            meta.insert("deletionGracePeriodSeconds".into(), json!(grace));
+            changed = true;
+        }
+        if def.kind == "Namespace" && def.group.is_empty() {
+            obj["status"]["phase"] = json!("Terminating");
+            changed = true;
+        }
+        if !changed || opts.dry_run {
+            return Ok(Deleted::Pending(obj));
+        }
+        match self.store.update(&def.key(namespace, name), encode_for_storage(&obj), current.mod_revision).await {
+            Ok(kv) => {
+                metadata_mut(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
+                Ok(Deleted::Pending(obj))
+            }
+            Err(StoreError::Conflict { .. }) => Err(ApiError::stale(def, name)),
+            Err(StoreError::NotFound(_)) => Err(ApiError::not_found(def, name)),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    /// Pods are deleted gracefully once a node runs them; everything else at once.
+    fn grace_period(&self, def: &ResourceDef, obj: &Value, opts: &DeleteOptions) -> i64 {
+        if !(def.kind == "Pod" && def.group.is_empty()) {
+            return 0;
+        }
+        let scheduled = obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+        let phase = obj.pointer("/status/phase").and_then(Value::as_str).unwrap_or("");
+        if !scheduled || phase == "Succeeded" || phase == "Failed" {
+            return 0;
+        }
+        let grace = opts
+            .grace_period_seconds
+            .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+            .unwrap_or(30);
+        // Upstream turns a requested 0 into 1 for running pods unless forced (kubectl --force sends 0 with --grace-period=0).
+        grace.max(0)
+    }
+
+    /// A consistent page of objects under `prefix`.
+    pub async fn range(&self, prefix: String, start_after: Option<String>, limit: usize, revision: Option<Revision>) -> ApiResult<store::RangeResponse> {
+        Ok(self.store.range(RangeRequest { prefix, start_after, limit, revision }).await?)
+    }
+
+    /// Ensures the namespaces every cluster has exist.
+    pub async fn bootstrap(&self) -> ApiResult<()> {
+        let ns_def = self.namespace_def();
+        for ns in ["default", "kube-system", "kube-public", "kube-node-lease"] {
+            let obj = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}});
+            match self.create(&ns_def, None, obj, &WriteOptions::default()).await {
+                Ok(_) => {}
+                Err(e) if e.code == 409 => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
+    pub fn raw_bytes(kv: &KeyValue) -> Bytes {
+        Bytes::from(objects::with_resource_version(&kv.value, kv.mod_revision))
+    }
+}
+
+/// Whether a terminating object's grace period has run out.
+fn deletion_due(obj: &Value) -> bool {
+    objects::metadata(obj).and_then(|m| m.get("deletionGracePeriodSeconds")).and_then(Value::as_i64).unwrap_or(0) == 0
+}
+
+/// Upstream lets PUT create these kinds (clients of leases and endpoints rely on it).
+fn allows_create_on_update(def: &ResourceDef) -> bool {
+    matches!((def.group.as_str(), def.kind.as_str()), ("", "Endpoints") | ("coordination.k8s.io", "Lease") | ("", "Node"))
+}

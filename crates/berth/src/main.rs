@@ -1,0 +1,132 @@
+//! The `berth` command: thin glue over the component crates.
+
+mod bench;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "berth", version, about = "A light, Kubernetes-compatible container orchestrator")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the control plane: the API server and its store.
+    Server(ServerArgs),
+    /// Measure a running or self-started server.
+    Bench {
+        #[command(subcommand)]
+        what: bench::BenchCommand,
+    },
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ServerArgs {
+    /// Where the store, certificates and admin kubeconfig live.
+    #[arg(long, default_value = "/var/lib/berth")]
+    pub data_dir: PathBuf,
+    /// Address and port the API server listens on (HTTPS).
+    #[arg(long, default_value = "127.0.0.1:6443")]
+    pub listen: SocketAddr,
+    /// Network Service ClusterIPs are allocated from.
+    #[arg(long, default_value = "10.43.0.0/16")]
+    pub service_cluster_ip_range: String,
+    /// Extra DNS names or IPs for the serving certificate (repeatable).
+    #[arg(long = "tls-san")]
+    pub tls_san: Vec<String>,
+    /// How often old revisions are compacted away (e.g. 5m, 30s, 500ms; 0 disables).
+    #[arg(long = "etcd-compaction-interval", default_value = "5m", value_parser = parse_duration)]
+    pub compaction_interval: std::time::Duration,
+    /// Do not run the controllers (garbage collector, namespace lifecycle) in this process.
+    #[arg(long)]
+    pub disable_controllers: bool,
+}
+
+impl ServerArgs {
+    pub fn config(&self) -> apiserver::Config {
+        apiserver::Config {
+            data_dir: self.data_dir.clone(),
+            listen: self.listen,
+            extra_sans: self.tls_san.clone(),
+            service_cidr: self.service_cluster_ip_range.clone(),
+            compaction_interval: self.compaction_interval,
+        }
+    }
+}
+
+/// Parses durations as Kubernetes flags write them: `5m`, `30s`, `500ms`, `1h`, or `0`.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let text = text.trim();
+    let split = text.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let n: f64 = number.parse().map_err(|_| format!("invalid duration {text:?}"))?;
+    let seconds = match unit {
+        "" if n == 0.0 => 0.0,
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        _ => return Err(format!("invalid duration {text:?}: use a unit of ms, s, m or h")),
+    };
+    Ok(std::time::Duration::from_secs_f64(seconds))
+}
+
+/// Opens the store and starts the API server; returns once it is serving.
+pub async fn start_server(args: &ServerArgs) -> anyhow::Result<(apiserver::Running, Arc<store::EmbeddedStore>)> {
+    std::fs::create_dir_all(&args.data_dir).with_context(|| format!("creating {}", args.data_dir.display()))?;
+    let store = Arc::new(
+        store::EmbeddedStore::open(store::EmbeddedOptions::new(args.data_dir.join("state.redb")))
+            .with_context(|| format!("opening the store in {}", args.data_dir.display()))?,
+    );
+    let running = apiserver::serve(args.config(), store.clone()).await.context("starting the API server")?;
+    Ok((running, store))
+}
+
+/// A Kubernetes client for in-process components: they reach the API over HTTPS like any other
+/// client, with the admin credentials.
+async fn client_for(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
+    let config = kube::config::Kubeconfig::read_from(kubeconfig).context("reading the admin kubeconfig")?;
+    let config = kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default()).await.context("loading the admin kubeconfig")?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()))
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Server(args) => run_server(args).await,
+            Command::Bench { what } => bench::run(what).await,
+        }
+    })
+}
+
+async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
+    let (running, store) = start_server(&args).await?;
+    if !args.disable_controllers {
+        let client = client_for(&running.kubeconfig).await?;
+        tokio::spawn(controllers::run_all(client));
+    }
+    tracing::info!(address = %running.addr, kubeconfig = %running.kubeconfig.display(), "berth API server is serving");
+    eprintln!("berth: serving on https://{}; export KUBECONFIG={}", running.addr, running.kubeconfig.display());
+    let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = terminate.recv() => {}
+    }
+    tracing::info!("shutting down");
+    running.stop();
+    store.close();
+    Ok(())
+}

@@ -1,0 +1,351 @@
+//! The API server driven by the real kubectl, as a user would drive it.
+
+use std::time::Duration;
+
+use serde_json::Value;
+use testsupport::{Server, TempDir, eventually};
+
+fn server() -> Server {
+    Server::start(env!("CARGO_BIN_EXE_berth"))
+}
+
+const APP: &str = r#"
+apiVersion: v1
+kind: Namespace
+metadata:
+  name: shop
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: settings
+  namespace: shop
+data:
+  color: blue
+---
+apiVersion: v1
+kind: Secret
+metadata:
+  name: creds
+  namespace: shop
+stringData:
+  password: hunter2
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: web
+  namespace: shop
+  labels:
+    app: web
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: web
+  template:
+    metadata:
+      labels:
+        app: web
+    spec:
+      containers:
+      - name: web
+        image: busybox:1.36
+        command: ["httpd", "-f", "-p", "8080"]
+        ports:
+        - containerPort: 8080
+        env:
+        - name: COLOR
+          value: blue
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: web
+  namespace: shop
+spec:
+  selector:
+    app: web
+  ports:
+  - port: 80
+    targetPort: 8080
+"#;
+
+#[test]
+fn apply_a_multi_document_app_and_read_it_back() {
+    let s = server();
+    let out = s.ok_stdin(&["apply", "-f", "-"], APP);
+    for line in ["namespace/shop created", "configmap/settings created", "secret/creds created", "deployment.apps/web created", "service/web created"] {
+        assert!(out.contains(line), "missing {line:?} in {out}");
+    }
+    let deploy = s.get_json(&["deployment", "web", "-n", "shop"]);
+    assert_eq!(deploy["spec"]["replicas"], 2);
+    assert_eq!(deploy["metadata"]["generation"], 1);
+    assert_eq!(deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%", "defaulted");
+    assert!(deploy["metadata"]["annotations"]["kubectl.kubernetes.io/last-applied-configuration"].is_string());
+    let svc = s.get_json(&["service", "web", "-n", "shop"]);
+    let ip = svc["spec"]["clusterIP"].as_str().unwrap();
+    assert!(ip.starts_with("10.43."), "ClusterIP {ip} from the service CIDR");
+    let secret = s.get_json(&["secret", "creds", "-n", "shop"]);
+    assert_eq!(secret["type"], "Opaque");
+    // Applying the same file again changes nothing.
+    let again = s.ok_stdin(&["apply", "-f", "-"], APP);
+    assert!(again.contains("deployment.apps/web unchanged"), "{again}");
+    // Table output with upstream columns.
+    let table = s.ok(&["get", "deployments", "-n", "shop"]);
+    assert!(table.starts_with("NAME"), "{table}");
+    for col in ["READY", "UP-TO-DATE", "AVAILABLE", "AGE"] {
+        assert!(table.contains(col), "missing column {col} in {table}");
+    }
+    let describe = s.ok(&["describe", "deployment", "web", "-n", "shop"]);
+    assert!(describe.contains("Replicas:") && describe.contains("busybox:1.36"), "{describe}");
+}
+
+#[test]
+fn apply_again_after_editing_the_file_merges_three_ways() {
+    let s = server();
+    s.ok_stdin(&["apply", "-f", "-"], APP);
+    // Someone else scales and labels the live object; the file changes the image and drops env.
+    s.ok(&["scale", "deployment/web", "-n", "shop", "--replicas=5"]);
+    s.ok(&["label", "deployment/web", "-n", "shop", "team=blue"]);
+    let edited = APP.replace("image: busybox:1.36", "image: busybox:1.37").replace("        env:\n        - name: COLOR\n          value: blue\n", "");
+    let out = s.ok_stdin(&["apply", "-f", "-"], &edited);
+    assert!(out.contains("deployment.apps/web configured"), "{out}");
+    let deploy = s.get_json(&["deployment", "web", "-n", "shop"]);
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "busybox:1.37");
+    assert!(container.get("env").is_none(), "env removed by apply: {container}");
+    assert_eq!(deploy["metadata"]["labels"]["team"], "blue", "label set by someone else survives");
+    assert_eq!(deploy["spec"]["replicas"], 2, "replicas is in the file, so the file wins");
+    assert_eq!(deploy["metadata"]["generation"], 3, "scale and apply each changed the spec");
+}
+
+#[test]
+fn label_annotate_and_every_patch_type() {
+    let s = server();
+    s.ok_stdin(&["apply", "-f", "-"], APP);
+    s.ok(&["label", "configmap", "settings", "-n", "shop", "tier=backend"]);
+    s.ok(&["annotate", "configmap", "settings", "-n", "shop", "note=hello"]);
+    let cm = s.get_json(&["configmap", "settings", "-n", "shop"]);
+    assert_eq!(cm["metadata"]["labels"]["tier"], "backend");
+    assert_eq!(cm["metadata"]["annotations"]["note"], "hello");
+    s.ok(&["label", "configmap", "settings", "-n", "shop", "tier-"]);
+    assert!(s.get_json(&["configmap", "settings", "-n", "shop"])["metadata"]["labels"].get("tier").is_none());
+
+    s.ok(&["patch", "configmap", "settings", "-n", "shop", "--type=merge", "-p", r#"{"data":{"size":"large"}}"#]);
+    s.ok(&["patch", "configmap", "settings", "-n", "shop", "--type=json", "-p", r#"[{"op":"replace","path":"/data/color","value":"red"}]"#]);
+    let cm = s.get_json(&["configmap", "settings", "-n", "shop"]);
+    assert_eq!(cm["data"]["size"], "large");
+    assert_eq!(cm["data"]["color"], "red");
+
+    // Strategic merge: containers merge by name, so adding an env var keeps the image.
+    s.ok(&["patch", "deployment", "web", "-n", "shop", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"web","env":[{"name":"SIZE","value":"L"}]}]}}}}"#]);
+    let deploy = s.get_json(&["deployment", "web", "-n", "shop"]);
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "busybox:1.36");
+    let env: Vec<&str> = container["env"].as_array().unwrap().iter().map(|e| e["name"].as_str().unwrap()).collect();
+    assert_eq!(env, ["SIZE", "COLOR"], "env merged by name");
+
+    let err = s.fails(&["patch", "configmap", "settings", "-n", "shop", "--type=json", "-p", r#"[{"op":"remove","path":"/data/missing"}]"#]);
+    assert!(err.contains("Error") || err.contains("error"), "{err}");
+}
+
+#[test]
+fn server_side_apply_owns_fields_and_reports_conflicts() {
+    let s = server();
+    let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: default\ndata:\n  a: \"1\"\n  b: \"2\"\n";
+    let out = s.ok_stdin(&["apply", "--server-side", "-f", "-"], cm);
+    assert!(out.contains("configmap/ssa serverside-applied"), "{out}");
+    let live = s.get_json(&["configmap", "ssa"]);
+    let managers: Vec<&str> = live["metadata"]["managedFields"].as_array().unwrap().iter().map(|m| m["manager"].as_str().unwrap()).collect();
+    assert!(managers.contains(&"kubectl"), "{managers:?}");
+    // Another manager takes field a (forcing, as it conflicts); then the first conflicts unless forced.
+    s.ok_stdin(&["apply", "--server-side", "--field-manager=other", "--force-conflicts", "-f", "-"], &cm.replace("a: \"1\"", "a: \"9\"").replace("  b: \"2\"\n", ""));
+    let err = s.kubectl_stdin(&["apply", "--server-side", "-f", "-"], &cm.replace("a: \"1\"", "a: \"3\""));
+    assert!(!err.status.success());
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    assert!(stderr.contains("conflict") && stderr.contains("other"), "{stderr}");
+    s.ok_stdin(&["apply", "--server-side", "--force-conflicts", "-f", "-"], &cm.replace("a: \"1\"", "a: \"3\""));
+    assert_eq!(s.get_json(&["configmap", "ssa"])["data"]["a"], "3");
+    // Dropping b from the applied config removes it (nobody else owns it).
+    s.ok_stdin(&["apply", "--server-side", "--force-conflicts", "-f", "-"], &cm.replace("a: \"1\"", "a: \"3\"").replace("  b: \"2\"\n", ""));
+    assert!(s.get_json(&["configmap", "ssa"])["data"].get("b").is_none());
+}
+
+#[test]
+fn kubectl_edit_with_a_scripted_editor() {
+    let s = server();
+    s.ok(&["create", "configmap", "edited", "--from-literal=k=v1"]);
+    let dir = TempDir::new("editor");
+    let editor = dir.path.join("editor.sh");
+    std::fs::write(&editor, "#!/bin/sh\nsed -i 's/k: v1/k: v2/' \"$1\"\n").unwrap();
+    std::process::Command::new("chmod").arg("+x").arg(&editor).status().unwrap();
+    let out = s.kubectl_command(&["edit", "configmap", "edited"]).env("KUBE_EDITOR", &editor).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(s.get_json(&["configmap", "edited"])["data"]["k"], "v2");
+}
+
+#[test]
+fn get_watch_streams_changes() {
+    let s = server();
+    s.ok(&["create", "configmap", "watched", "--from-literal=k=v"]);
+    let mut child = s
+        .kubectl_command(&["get", "configmaps", "-w", "-o", "name", "--request-timeout=30s"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_millis(1500));
+    s.ok(&["create", "configmap", "later", "--from-literal=k=v"]);
+    s.ok(&["delete", "configmap", "watched"]);
+    std::thread::sleep(Duration::from_millis(1500));
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("configmap/watched"), "{text}");
+    assert!(text.contains("configmap/later"), "{text}");
+}
+
+#[test]
+fn discovery_explain_and_get_all() {
+    let s = server();
+    let resources = s.ok(&["api-resources"]);
+    for row in ["pods", "deployments", "customresourcedefinitions", "leases", "horizontalpodautoscalers", "priorityclasses"] {
+        assert!(resources.contains(row), "api-resources lacks {row}:\n{resources}");
+    }
+    let explain = s.ok(&["explain", "deployment.spec.replicas"]);
+    assert!(explain.contains("replicas") && explain.to_lowercase().contains("integer"), "{explain}");
+    s.ok_stdin(&["apply", "-f", "-"], APP);
+    let all = s.ok(&["get", "all", "-A"]);
+    assert!(all.contains("deployment.apps/web"), "{all}");
+    assert!(all.contains("service/web"), "{all}");
+    let version = s.ok(&["version", "-o", "json"]);
+    let v: Value = serde_json::from_str(&version).unwrap();
+    assert_eq!(v["serverVersion"]["minor"], "33");
+}
+
+#[test]
+fn strict_validation_rejects_unknown_fields() {
+    let s = server();
+    let bad = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: typo\ndata:\n  a: b\ndatta:\n  c: d\n";
+    let err = s.kubectl_stdin(&["apply", "-f", "-"], bad);
+    assert!(!err.status.success());
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    assert!(stderr.contains("datta"), "{stderr}");
+    let invalid = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: Bad_Name\n";
+    let err = s.kubectl_stdin(&["create", "-f", "-"], invalid);
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    assert!(stderr.contains("is invalid") && stderr.contains("RFC 1123"), "{stderr}");
+    let err = s.fails(&["create", "configmap", "x", "-n", "nowhere"]);
+    assert!(err.contains("namespaces \"nowhere\" not found"), "{err}");
+}
+
+#[test]
+fn custom_resources_appear_with_their_definition() {
+    let s = server();
+    let crd = r#"
+apiVersion: apiextensions.k8s.io/v1
+kind: CustomResourceDefinition
+metadata:
+  name: widgets.example.com
+spec:
+  group: example.com
+  scope: Namespaced
+  names: {plural: widgets, singular: widget, kind: Widget, shortNames: [wd]}
+  versions:
+  - name: v1
+    served: true
+    storage: true
+    subresources: {status: {}, scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas}}
+    additionalPrinterColumns:
+    - {name: Size, type: integer, jsonPath: .spec.size}
+    schema:
+      openAPIV3Schema:
+        type: object
+        properties:
+          spec:
+            type: object
+            required: [size]
+            properties:
+              size: {type: integer, minimum: 1}
+              replicas: {type: integer}
+          status:
+            type: object
+            properties:
+              replicas: {type: integer}
+"#;
+    s.ok_stdin(&["apply", "-f", "-"], crd);
+    s.ok(&["wait", "--for=condition=Established", "crd/widgets.example.com", "--timeout=30s"]);
+    let widget = "apiVersion: example.com/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  size: 3\n  replicas: 1\n";
+    let applied = eventually(Duration::from_secs(20), || {
+        let out = s.kubectl_stdin(&["apply", "-f", "-"], widget);
+        out.status.success().then_some(())
+    });
+    assert!(applied.is_some(), "custom resource could not be applied");
+    let table = s.ok(&["get", "wd"]);
+    assert!(table.contains("SIZE") && table.contains("w1"), "{table}");
+    s.ok(&["scale", "widget/w1", "--replicas=4"]);
+    assert_eq!(s.get_json(&["widget", "w1"])["spec"]["replicas"], 4);
+    let err = s.kubectl_stdin(&["apply", "-f", "-"], &widget.replace("size: 3", "size: 0"));
+    assert!(!err.status.success());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("spec.size"), "{}", String::from_utf8_lossy(&err.stderr));
+    s.ok(&["delete", "crd", "widgets.example.com"]);
+    let gone = eventually(Duration::from_secs(20), || (!s.kubectl(&["get", "widgets"]).status.success()).then_some(()));
+    assert!(gone.is_some(), "widgets still served after the CRD was deleted");
+}
+
+#[test]
+fn conflicting_update_is_refused() {
+    let s = server();
+    s.ok(&["create", "configmap", "race", "--from-literal=k=v"]);
+    let mut cm = s.get_json(&["configmap", "race"]);
+    s.ok(&["patch", "configmap", "race", "--type=merge", "-p", r#"{"data":{"k":"newer"}}"#]);
+    cm["data"]["k"] = Value::String("stale".into());
+    let err = s.kubectl_stdin(&["replace", "-f", "-"], &cm.to_string());
+    assert!(!err.status.success());
+    let stderr = String::from_utf8_lossy(&err.stderr);
+    assert!(stderr.contains("the object has been modified"), "{stderr}");
+    assert_eq!(s.get_json(&["configmap", "race"])["data"]["k"], "newer");
+}
+
+#[test]
+fn data_survives_restart_and_kill_9() {
+    let mut s = server();
+    s.ok_stdin(&["apply", "-f", "-"], APP);
+    s.restart();
+    assert_eq!(s.get_json(&["configmap", "settings", "-n", "shop"])["data"]["color"], "blue");
+    for i in 0..20 {
+        s.ok(&["create", "configmap", &format!("cm{i}"), "--from-literal=k=v"]);
+    }
+    s.kill_hard();
+    s.start_again();
+    let names = s.ok(&["get", "configmaps", "-o", "name"]);
+    for i in 0..20 {
+        assert!(names.contains(&format!("configmap/cm{i} ")) || names.contains(&format!("configmap/cm{i}\n")), "cm{i} lost after kill -9:\n{names}");
+    }
+    let svc = s.get_json(&["service", "web", "-n", "shop"]);
+    assert!(svc["spec"]["clusterIP"].as_str().unwrap().starts_with("10.43."));
+}
+
+#[test]
+fn deleting_with_each_propagation_policy() {
+    let s = server();
+    s.ok(&["create", "configmap", "plain", "--from-literal=k=v"]);
+    s.ok(&["delete", "configmap", "plain"]);
+    assert!(s.fails(&["get", "configmap", "plain"]).contains("not found"));
+    // A finalizer holds an object in Terminating until it is removed.
+    s.ok_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\n");
+    s.ok(&["delete", "configmap", "held", "--wait=false"]);
+    let held = s.get_json(&["configmap", "held"]);
+    assert!(held["metadata"]["deletionTimestamp"].is_string());
+    s.ok(&["patch", "configmap", "held", "--type=json", "-p", r#"[{"op":"remove","path":"/metadata/finalizers"}]"#]);
+    assert!(s.fails(&["get", "configmap", "held"]).contains("not found"));
+    for cascade in ["background", "foreground", "orphan"] {
+        let name = format!("owner-{cascade}");
+        s.ok(&["create", "configmap", &name, "--from-literal=k=v"]);
+        let out = s.kubectl(&["delete", "configmap", &name, &format!("--cascade={cascade}"), "--timeout=60s"]);
+        assert!(out.status.success(), "cascade={cascade}: {}", String::from_utf8_lossy(&out.stderr));
+        let gone = eventually(Duration::from_secs(30), || (!s.kubectl(&["get", "configmap", &name]).status.success()).then_some(()));
+        assert!(gone.is_some(), "{name} still present");
+    }
+}

@@ -1,0 +1,138 @@
+//! The garbage collector: deletes objects whose owners are all gone (background deletion),
+//! deletes the dependents of an owner held by the `foregroundDeletion` finalizer before letting it
+//! go, and strips owner references to an owner held by the `orphan` finalizer before letting it go.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
+use kube::core::GroupVersionKind;
+use serde_json::json;
+
+use crate::graph::{Graph, Node};
+
+const ORPHAN: &str = "orphan";
+const FOREGROUND: &str = "foregroundDeletion";
+
+pub async fn run(client: kube::Client, graph: Graph) {
+    loop {
+        tokio::select! {
+            _ = graph.changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+        }
+        // Let a burst of changes settle into one pass.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        reconcile(&client, &graph).await;
+    }
+}
+
+fn api_for(client: &kube::Client, node: &Node) -> Api<DynamicObject> {
+    match (&node.namespace, node.namespaced) {
+        (Some(ns), true) => Api::namespaced_with(client.clone(), ns, &node.resource),
+        _ => Api::all_with(client.clone(), &node.resource),
+    }
+}
+
+async fn remove_finalizer(client: &kube::Client, node: &Node, finalizer: &str) {
+    let kept: Vec<&String> = node.finalizers.iter().filter(|f| f.as_str() != finalizer).collect();
+    // The resourceVersion makes this a compare-and-swap on the state we reasoned about.
+    let patch = json!({"metadata": {"finalizers": kept, "resourceVersion": node.resource_version}});
+    if let Err(error) = api_for(client, node).patch(&node.name, &PatchParams::default(), &Patch::Merge(patch)).await {
+        tracing::debug!(%error, name = %node.name, "removing finalizer failed; will retry");
+    }
+}
+
+async fn delete(client: &kube::Client, node: &Node, policy: kube::api::PropagationPolicy) {
+    let params = DeleteParams { propagation_policy: Some(policy), preconditions: Some(kube::api::Preconditions { uid: Some(node.uid.clone()), resource_version: None }), ..Default::default() };
+    match api_for(client, node).delete(&node.name, &params).await {
+        Ok(_) => tracing::info!(resource = %node.resource.plural, name = %node.name, "garbage collector deleted object"),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
+        Err(error) => tracing::warn!(%error, name = %node.name, "garbage collector delete failed"),
+    }
+}
+
+/// Whether the owner is really gone: not in the graph and not found (or replaced) on the server.
+async fn owner_absent(client: &kube::Client, dependent: &Node, owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference, kinds: &HashMap<(String, String), (ApiResource, bool)>) -> bool {
+    let Some((ar, namespaced)) = kinds.get(&(owner.api_version.clone(), owner.kind.clone())).cloned().or_else(|| None) else {
+        let (group, version) = match owner.api_version.split_once('/') {
+            Some((g, v)) => (g.to_string(), v.to_string()),
+            None => (String::new(), owner.api_version.clone()),
+        };
+        let gvk = GroupVersionKind::gvk(&group, &version, &owner.kind);
+        return match kube::discovery::pinned_kind(client, &gvk).await {
+            Ok((ar, caps)) => lookup_absent(client, dependent, owner, &ar, caps.scope == kube::discovery::Scope::Namespaced).await,
+            // A kind the server does not serve cannot own anything.
+            Err(kube::Error::Api(e)) if e.code == 404 => true,
+            Err(_) => false,
+        };
+    };
+    lookup_absent(client, dependent, owner, &ar, namespaced).await
+}
+
+async fn lookup_absent(client: &kube::Client, dependent: &Node, owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference, ar: &ApiResource, namespaced: bool) -> bool {
+    let api: Api<DynamicObject> = match (&dependent.namespace, namespaced) {
+        (Some(ns), true) => Api::namespaced_with(client.clone(), ns, ar),
+        (None, true) => return true,
+        _ => Api::all_with(client.clone(), ar),
+    };
+    match api.get_opt(&owner.name).await {
+        Ok(None) => true,
+        Ok(Some(live)) => live.metadata.uid.as_deref() != Some(owner.uid.as_str()),
+        Err(_) => false,
+    }
+}
+
+pub async fn reconcile(client: &kube::Client, graph: &Graph) {
+    let nodes = graph.snapshot();
+    let mut dependents: HashMap<&str, Vec<&Node>> = HashMap::new();
+    let mut kinds: HashMap<(String, String), (ApiResource, bool)> = HashMap::new();
+    for node in &nodes {
+        kinds.entry((node.resource.api_version.clone(), node.resource.kind.clone())).or_insert((node.resource.clone(), node.namespaced));
+        for owner in &node.owners {
+            dependents.entry(owner.uid.as_str()).or_default().push(node);
+        }
+    }
+    for node in nodes.iter().filter(|n| n.deleting) {
+        let deps = dependents.get(node.uid.as_str()).cloned().unwrap_or_default();
+        if node.finalizers.iter().any(|f| f == ORPHAN) {
+            let mut all_released = true;
+            for dep in &deps {
+                let kept: Vec<_> = dep.owners.iter().filter(|o| o.uid != node.uid).collect();
+                let patch = json!({"metadata": {"ownerReferences": kept, "resourceVersion": dep.resource_version}});
+                if api_for(client, dep).patch(&dep.name, &PatchParams::default(), &Patch::Merge(patch)).await.is_err() {
+                    all_released = false;
+                }
+            }
+            if all_released {
+                remove_finalizer(client, node, ORPHAN).await;
+            }
+        } else if node.finalizers.iter().any(|f| f == FOREGROUND) {
+            for dep in deps.iter().filter(|d| !d.deleting) {
+                delete(client, dep, kube::api::PropagationPolicy::Foreground).await;
+            }
+            if deps.is_empty() {
+                remove_finalizer(client, node, FOREGROUND).await;
+            }
+        }
+    }
+    if !graph.synced() {
+        // Until every resource has listed, a missing owner may just not be seen yet.
+        return;
+    }
+    for node in nodes.iter().filter(|n| !n.deleting && !n.owners.is_empty()) {
+        if node.owners.iter().any(|o| graph.contains_uid(&o.uid)) {
+            continue;
+        }
+        let mut all_absent = true;
+        for owner in &node.owners {
+            if !owner_absent(client, node, owner, &kinds).await {
+                all_absent = false;
+                break;
+            }
+        }
+        if all_absent {
+            delete(client, node, kube::api::PropagationPolicy::Background).await;
+        }
+    }
+}
+

@@ -1,0 +1,62 @@
+//! The namespace controller: when a namespace is terminating, deletes everything in it, and once
+//! nothing is left, removes the `kubernetes` finalizer through the `finalize` subresource so the
+//! API server can delete the namespace itself.
+
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Namespace;
+use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+
+use crate::graph::Graph;
+
+const FINALIZER: &str = "kubernetes";
+
+pub async fn run(client: kube::Client, graph: Graph) {
+    loop {
+        tokio::select! {
+            _ = graph.changed.notified() => {}
+            _ = tokio::time::sleep(Duration::from_secs(3)) => {}
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        reconcile(&client, &graph).await;
+    }
+}
+
+pub async fn reconcile(client: &kube::Client, graph: &Graph) {
+    let nodes = graph.snapshot();
+    let terminating: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.resource.api_version == "v1" && n.resource.kind == "Namespace" && n.deleting)
+        .map(|n| n.name.clone())
+        .collect();
+    for ns in terminating {
+        let contents: Vec<_> = nodes.iter().filter(|n| n.namespaced && n.namespace.as_deref() == Some(ns.as_str())).collect();
+        for node in contents.iter().filter(|n| !n.deleting) {
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &node.resource);
+            match api.delete(&node.name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(e)) if e.code == 404 => {}
+                Err(error) => tracing::warn!(%error, namespace = %ns, name = %node.name, "namespace cleanup delete failed"),
+            }
+        }
+        if contents.is_empty() && graph.synced() {
+            finalize(client, &ns).await;
+        }
+    }
+}
+
+async fn finalize(client: &kube::Client, name: &str) {
+    let api: Api<Namespace> = Api::all(client.clone());
+    let Ok(Some(mut ns)) = api.get_opt(name).await else { return };
+    let Some(spec) = ns.spec.as_mut() else { return };
+    let Some(finalizers) = spec.finalizers.as_mut() else { return };
+    if !finalizers.iter().any(|f| f == FINALIZER) {
+        return;
+    }
+    finalizers.retain(|f| f != FINALIZER);
+    if let Err(error) = api.replace_subresource("finalize", name, &PostParams::default(), &ns).await {
+        tracing::debug!(%error, namespace = %name, "finalize failed; will retry");
+    } else {
+        tracing::info!(namespace = %name, "namespace finalized");
+    }
+}
