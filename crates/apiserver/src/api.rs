@@ -43,6 +43,8 @@ pub struct WriteOptions {
     pub field_validation: FieldValidation,
     pub field_manager: Option<String>,
     pub force: bool,
+    /// Set by server-side apply, which records managed fields itself.
+    pub applied: bool,
 }
 
 /// Which part of an object a write addresses.
@@ -107,6 +109,7 @@ pub struct Api {
     pub store: Arc<dyn Store>,
     pub registry: Arc<Registry>,
     pub service_ips: ServiceIps,
+    pub openapi: Arc<crate::openapi_docs::OpenApiDocs>,
 }
 
 fn parse_rv(s: &str) -> ApiResult<Revision> {
@@ -114,8 +117,32 @@ fn parse_rv(s: &str) -> ApiResult<Revision> {
 }
 
 impl Api {
-    pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, service_ips: ServiceIps) -> Self {
-        Self { store, registry, service_ips }
+    pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, service_ips: ServiceIps, openapi: Arc<crate::openapi_docs::OpenApiDocs>) -> Self {
+        Self { store, registry, service_ips, openapi }
+    }
+
+    /// Records who made a non-apply write in `metadata.managedFields`, as upstream does for every
+    /// write, so a later server-side apply sees the right owners.
+    fn record_manager(&self, def: &ResourceDef, old: Option<&Value>, new: Value, part: Part, opts: &WriteOptions) -> Value {
+        if opts.applied {
+            return new;
+        }
+        let manager = opts.field_manager.as_deref().unwrap_or("unknown");
+        let api_version = def.api_version();
+        let now = objects::now_rfc3339();
+        let options = patch::apply::UpdateOptions {
+            manager,
+            api_version: &api_version,
+            subresource: if part == Part::Status { "status" } else { "" },
+            now: &now,
+            reset_fields: None,
+        };
+        let doc = self.openapi.schema_document();
+        let definition = crate::patching::def_definition_name(def);
+        match patch::OpenApiSchema::new(&doc, &definition) {
+            Some(schema) => patch::apply::record_update(old, &new, &schema, &options),
+            None => patch::apply::record_update(old, &new, &patch::NoSchema, &options),
+        }
     }
 
     fn namespace_def(&self) -> Arc<ResourceDef> {
@@ -251,6 +278,7 @@ impl Api {
             return Err(ApiError::invalid(def, &name, causes));
         }
         self.check_namespace(def, namespace).await?;
+        let mut obj = self.record_manager(def, None, obj, Part::Main, opts);
         let allocated = if def.kind == "Service" && def.group.is_empty() {
             self.service_ips.allocate_for(def, &mut obj, &*self.store).await?
         } else {
@@ -382,6 +410,7 @@ impl Api {
         if def.kind == "CustomResourceDefinition" {
             crate::crd::validate_crd(def, &new)?;
         }
+        let mut new = self.record_manager(def, Some(&old), new, part, opts);
         let unchanged = {
             let mut a = new.clone();
             let mut b = old.clone();

@@ -75,8 +75,14 @@ impl Query {
             Some(other) => Err(ApiError::bad_request(format!("Invalid dryRun value {other:?}: only \"All\" is supported"))),
         }
     }
-    pub fn write_options(&self) -> ApiResult<WriteOptions> {
-        let field_manager = self.get("fieldManager").map(str::to_string);
+    /// Write options; a write without `fieldManager` is recorded under the client's name (the
+    /// user agent up to its first `/`), as upstream does.
+    pub fn write_options(&self, headers: &HeaderMap) -> ApiResult<WriteOptions> {
+        let field_manager = self.get("fieldManager").filter(|m| !m.is_empty()).map(str::to_string).or_else(|| {
+            let agent = headers.get(header::USER_AGENT).and_then(|v| v.to_str().ok()).unwrap_or("");
+            let name = agent.split('/').next().unwrap_or("").trim();
+            (!name.is_empty()).then(|| name.to_string())
+        });
         if let Some(m) = &field_manager
             && m.len() > 128
         {
@@ -87,6 +93,7 @@ impl Query {
             field_validation: FieldValidation::parse(self.get("fieldValidation"))?,
             field_manager,
             force: self.flag("force"),
+            applied: false,
         })
     }
 }
@@ -376,7 +383,7 @@ async fn serve_resource(server: &Arc<Server>, req: http::Request<hyper::body::In
             Ok(("get", render(200, &obj, format)))
         }
         (&Method::POST, None) => {
-            let opts = query.write_options().map_err(|e| ("create", e))?;
+            let opts = query.write_options(&headers).map_err(|e| ("create", e))?;
             let content_type = header_str(&headers, header::CONTENT_TYPE);
             let raw = read_body(req.into_body()).await.map_err(|e| ("create", e))?;
             let body = decode_object(&content_type, &raw).map_err(|e| ("create", e))?;
@@ -390,7 +397,7 @@ async fn serve_resource(server: &Arc<Server>, req: http::Request<hyper::body::In
             Ok(("create", json_response(201, &status)))
         }
         (&Method::PUT, Some(name)) => {
-            let opts = query.write_options().map_err(|e| ("update", e))?;
+            let opts = query.write_options(&headers).map_err(|e| ("update", e))?;
             let content_type = header_str(&headers, header::CONTENT_TYPE);
             let raw = read_body(req.into_body()).await.map_err(|e| ("update", e))?;
             let body = decode_object(&content_type, &raw).map_err(|e| ("update", e))?;
@@ -403,7 +410,7 @@ async fn serve_resource(server: &Arc<Server>, req: http::Request<hyper::body::In
             Ok(("update", with_warnings(render(code, &written.object, format), &written.warnings)))
         }
         (&Method::PATCH, Some(name)) => {
-            let opts = query.write_options().map_err(|e| ("patch", e))?;
+            let opts = query.write_options(&headers).map_err(|e| ("patch", e))?;
             let content_type = header_str(&headers, header::CONTENT_TYPE);
             let raw = read_body(req.into_body()).await.map_err(|e| ("patch", e))?;
             if sub == Some(Subresource::Scale) {

@@ -108,9 +108,9 @@ pub async fn serve(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
     if let Some(services) = registry.get("", "v1", "services") {
         service_ips.load(&*store, &services).await?;
     }
-    let api = Arc::new(api::Api::new(store.clone(), registry.clone(), service_ips));
-    api.bootstrap().await.map_err(|e| ServeError::Startup(e.message))?;
     let openapi = Arc::new(openapi_docs::OpenApiDocs::new(&registry));
+    let api = Arc::new(api::Api::new(store.clone(), registry.clone(), service_ips, openapi.clone()));
+    api.bootstrap().await.map_err(|e| ServeError::Startup(e.message))?;
     crd_controller::start(api.clone(), openapi.clone()).await.map_err(|e| ServeError::Startup(e.message))?;
 
     if !config.compaction_interval.is_zero() {

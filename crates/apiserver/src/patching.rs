@@ -67,16 +67,39 @@ fn patch_error(e: patch::PatchError) -> ApiError {
     }
 }
 
-/// Applies a patch body to `current` (a whole object, or a Scale) given the definition name its
-/// schema has in the served OpenAPI.
-pub fn apply_to(server: &Server, definition: &str, current: &Value, content_type: &str, raw: &[u8], opts: &WriteOptions) -> ApiResult<Value> {
-    let kind = PatchType::from_content_type(content_type, false)?;
-    apply_patch(server, definition, Some(current), kind, raw, opts)
+/// What a patch is applied to: the schema's definition name in the served OpenAPI, and the
+/// served group/version, kind and subresource (server-side apply checks and records them).
+pub struct Target<'a> {
+    pub definition: &'a str,
+    pub api_version: &'a str,
+    pub kind: &'a str,
+    pub subresource: &'a str,
 }
 
-fn apply_patch(server: &Server, definition: &str, current: Option<&Value>, kind: PatchType, raw: &[u8], opts: &WriteOptions) -> ApiResult<Value> {
+/// Applies a patch body to `current` (a whole object, or a Scale).
+pub fn apply_to(server: &Server, target: &Target<'_>, current: &Value, content_type: &str, raw: &[u8], opts: &WriteOptions) -> ApiResult<Value> {
+    let kind = PatchType::from_content_type(content_type, false)?;
+    apply_patch(server, target, Some(current), kind, raw, opts)
+}
+
+fn apply_error(e: patch::apply::ApplyError) -> ApiError {
+    match &e {
+        patch::apply::ApplyError::Conflicts(conflicts) => {
+            let mut err = ApiError::bad_request(e.to_string());
+            err.code = 409;
+            err.reason = "Conflict";
+            let causes: Vec<Value> = conflicts.iter().map(|c| json!({"reason": "FieldManagerConflict", "message": c.message(), "field": c.field})).collect();
+            err.details = Some(json!({"causes": causes}));
+            err
+        }
+        patch::apply::ApplyError::BadRequest(m) => ApiError::bad_request(m.clone()),
+        _ => ApiError::internal(e),
+    }
+}
+
+fn apply_patch(server: &Server, target: &Target<'_>, current: Option<&Value>, kind: PatchType, raw: &[u8], opts: &WriteOptions) -> ApiResult<Value> {
+    let definition = target.definition;
     let parse_json = |raw: &[u8]| -> ApiResult<Value> { serde_json::from_slice(raw).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}"))) };
-    let empty = json!({});
     match kind {
         PatchType::Json => {
             let ops = parse_json(raw)?;
@@ -102,8 +125,26 @@ fn apply_patch(server: &Server, definition: &str, current: Option<&Value>, kind:
             .map_err(patch_error)
         }
         PatchType::Apply => {
-            let _ = (current, &empty, objects::now_rfc3339());
-            Err(ApiError::unsupported_media_type_patch("application/apply-patch+yaml", false))
+            let applied = crate::http::decode_object("application/yaml", raw)?;
+            let manager = opts.field_manager.as_deref().filter(|m| !m.is_empty()).ok_or_else(|| {
+                ApiError::bad_request("PATCH requests with the apply content type require a fieldManager query parameter")
+            })?;
+            let doc = server.openapi.schema_document();
+            let now = objects::now_rfc3339();
+            let options = patch::apply::ApplyOptions {
+                manager,
+                api_version: target.api_version,
+                kind: target.kind,
+                subresource: target.subresource,
+                force: opts.force,
+                now: &now,
+                reset_fields: None,
+            };
+            match patch::OpenApiSchema::new(&doc, definition) {
+                Some(schema) => patch::apply::server_side_apply(current, &applied, &schema, &options),
+                None => patch::apply::server_side_apply(current, &applied, &patch::NoSchema, &options),
+            }
+            .map_err(apply_error)
         }
     }
 }
@@ -111,12 +152,18 @@ fn apply_patch(server: &Server, definition: &str, current: Option<&Value>, kind:
 pub async fn patch(server: &Arc<Server>, def: &ResourceDef, ns: Option<&str>, name: &str, part: Part, content_type: &str, raw: &[u8], opts: &WriteOptions) -> ApiResult<Written> {
     let kind = PatchType::from_content_type(content_type, def.custom)?;
     let definition = def_definition_name(def);
+    let api_version = def.api_version();
+    let subresource = if part == Part::Status { "status" } else { "" };
     let server2 = server.clone();
+    let mut opts = opts.clone();
+    opts.applied = kind == PatchType::Apply;
+    let opts = &opts;
     let patch_fn = move |current: Option<&Value>| -> ApiResult<Value> {
         if current.is_none() && kind != PatchType::Apply {
             return Err(ApiError::not_found_path(""));
         }
-        let mut patched = apply_patch(&server2, &definition, current, kind, raw, opts)?;
+        let target = Target { definition: &definition, api_version: &api_version, kind: &def.kind, subresource };
+        let mut patched = apply_patch(&server2, &target, current, kind, raw, opts)?;
         if kind == PatchType::Apply && current.is_none() {
             objects::metadata_mut(&mut patched).insert("name".into(), json!(name));
         }

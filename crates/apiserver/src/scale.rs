@@ -118,6 +118,7 @@ pub async fn update(api: &Api, def: &ResourceDef, ns: Option<&str>, name: &str, 
 pub async fn patch(server: &Arc<Server>, def: &ResourceDef, ns: Option<&str>, name: &str, content_type: &str, raw: &[u8], opts: &WriteOptions) -> ApiResult<Value> {
     let current = server.api.get(def, ns, name).await?;
     let scale = to_scale(def, &current);
-    let patched = crate::patching::apply_to(server, "io.k8s.api.autoscaling.v1.Scale", &scale, content_type, raw, opts)?;
+    let target = crate::patching::Target { definition: "io.k8s.api.autoscaling.v1.Scale", api_version: "autoscaling/v1", kind: "Scale", subresource: "scale" };
+    let patched = crate::patching::apply_to(server, &target, &scale, content_type, raw, opts)?;
     write_replicas(&server.api, def, ns, name, &patched, opts).await
 }
