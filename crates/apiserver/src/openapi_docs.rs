@@ -11,7 +11,6 @@ use serde_json::Value;
 use crate::http::{Body, bytes_response, error_response};
 use crate::resources::{Registry, ResourceDef};
 use crate::status::ApiError;
-use crate::interim::openapi;
 
 pub struct OpenApiDocs {
     inner: RwLock<openapi::OpenApi>,
@@ -74,11 +73,22 @@ impl OpenApiDocs {
             resp.headers_mut().insert(header::ETAG, HeaderValue::from_str(&quoted).unwrap_or(HeaderValue::from_static("\"\"")));
             return resp;
         }
+        if let Some(stale) = hash.filter(|h| *h != etag.as_str()) {
+            // A hashed URL from an older index: send the client to the current one, as upstream.
+            let _ = stale;
+            let mut resp = bytes_response(301, Bytes::new(), "application/json");
+            let location = format!("/openapi/v3/{}?hash={etag}", path.trim_start_matches('/'));
+            if let Ok(v) = HeaderValue::from_str(&location) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            return resp;
+        }
         let mut resp = bytes_response(200, body, "application/json");
+        resp.headers_mut().insert(header::VARY, HeaderValue::from_static("Accept"));
         if let Ok(v) = HeaderValue::from_str(&quoted) {
             resp.headers_mut().insert(header::ETAG, v);
         }
-        let cache = if hash == Some(etag.as_str()) { "public, immutable" } else { "no-cache, private" };
+        let cache = if hash.is_some() { "public, immutable" } else { "no-cache, private" };
         resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static(cache));
         resp
     }

@@ -156,7 +156,7 @@ fn server_side_apply_owns_fields_and_reports_conflicts() {
     let cm = "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: ssa\n  namespace: default\ndata:\n  a: \"1\"\n  b: \"2\"\n";
     let out = s.ok_stdin(&["apply", "--server-side", "-f", "-"], cm);
     assert!(out.contains("configmap/ssa serverside-applied"), "{out}");
-    let live = s.get_json(&["configmap", "ssa"]);
+    let live = s.get_json(&["configmap", "ssa", "--show-managed-fields"]);
     let managers: Vec<&str> = live["metadata"]["managedFields"].as_array().unwrap().iter().map(|m| m["manager"].as_str().unwrap()).collect();
     assert!(managers.contains(&"kubectl"), "{managers:?}");
     // Another manager takes field a (forcing, as it conflicts); then the first conflicts unless forced.
