@@ -5,7 +5,7 @@
 use std::sync::Arc;
 
 use base64::Engine;
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use http::Response;
 use serde_json::{Value, json};
 use store::{KeyValue, Revision};
@@ -231,17 +231,17 @@ pub fn list_bytes(def: &ResourceDef, page: &Page) -> Bytes {
     if let Some(r) = page.remaining {
         meta["remainingItemCount"] = json!(r);
     }
-    let size: usize = page.items.iter().map(|kv| kv.value.len() + 32).sum();
-    let mut out = BytesMut::with_capacity(size + 256);
-    out.put_slice(format!("{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[", def.list_kind, def.api_version(), meta).as_bytes());
+    let size: usize = page.items.iter().map(|kv| kv.value.len() + 40).sum();
+    let mut out = Vec::with_capacity(size + 256);
+    out.extend_from_slice(format!("{{\"kind\":\"{}\",\"apiVersion\":\"{}\",\"metadata\":{},\"items\":[", def.list_kind, def.api_version(), meta).as_bytes());
     for (i, kv) in page.items.iter().enumerate() {
         if i > 0 {
-            out.put_u8(b',');
+            out.push(b',');
         }
-        out.put_slice(&objects::with_resource_version(&kv.value, kv.mod_revision));
+        objects::write_with_resource_version(&mut out, &kv.value, kv.mod_revision);
     }
-    out.put_slice(b"]}");
-    out.freeze()
+    out.extend_from_slice(b"]}");
+    Bytes::from(out)
 }
 
 /// The metav1 Table for `items`, as `kubectl get` asks for.

@@ -63,29 +63,37 @@ pub fn encode_for_storage(obj: &Value) -> Bytes {
 
 /// The stored bytes with `metadata.resourceVersion` set to `revision`.
 pub fn with_resource_version(raw: &[u8], revision: Revision) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len() + 40);
+    write_with_resource_version(&mut out, raw, revision);
+    out
+}
+
+/// Appends the stored bytes with `metadata.resourceVersion` set to `revision` to `out` (lists
+/// write every item straight into the response buffer this way).
+pub fn write_with_resource_version(out: &mut Vec<u8>, raw: &[u8], revision: Revision) {
     const MARKER: &[u8] = b"\"metadata\":{";
     // Only the top-level metadata qualifies, which in our stored form comes right after two short
     // string fields, so look near the start only.
     let window = &raw[..raw.len().min(512)];
     if let Some(pos) = window.windows(MARKER.len()).position(|w| w == MARKER) {
         let insert_at = pos + MARKER.len();
-        let rv = format!("\"resourceVersion\":\"{revision}\"");
-        let mut out = Vec::with_capacity(raw.len() + rv.len() + 1);
         out.extend_from_slice(&raw[..insert_at]);
-        out.extend_from_slice(rv.as_bytes());
+        out.extend_from_slice(b"\"resourceVersion\":\"");
+        out.extend_from_slice(revision.to_string().as_bytes());
+        out.push(b'"');
         if raw.get(insert_at) != Some(&b'}') {
             out.push(b',');
         }
         out.extend_from_slice(&raw[insert_at..]);
-        return out;
+        return;
     }
     // Not in our stored form (should not happen): take the slow, certain path.
     match serde_json::from_slice::<Value>(raw) {
         Ok(mut v) => {
             metadata_mut(&mut v).insert("resourceVersion".into(), json!(revision.to_string()));
-            serde_json::to_vec(&v).unwrap_or_default()
+            out.extend_from_slice(&serde_json::to_vec(&v).unwrap_or_default());
         }
-        Err(_) => raw.to_vec(),
+        Err(_) => out.extend_from_slice(raw),
     }
 }
 

@@ -182,6 +182,11 @@ async fn api(args: ApiBench) -> anyhow::Result<()> {
         t.await??;
     }
     println!("create pods: {} in {:.2} s", args.pods, started.elapsed().as_secs_f64());
+    if let Some(pid) = pid
+        && let Some(rss) = rss_kib(pid)
+    {
+        println!("server RSS after {} pods and {} configmaps, before listing: {:.1} MiB", args.pods, args.creates, rss as f64 / 1024.0);
+    }
     let mut list_times = Vec::new();
     for _ in 0..5 {
         let t = Instant::now();

@@ -35,7 +35,7 @@ const META_COMPACTED: &str = "compacted";
 
 /// Watchers further behind than this many writes re-read what they missed from the file, so a
 /// slow watcher costs disk reads rather than unbounded memory.
-const LIVE_EVENT_BUFFER: usize = 4096;
+const LIVE_EVENT_BUFFER: usize = 1024;
 /// How long a paginated read keeps the snapshot it started from in memory.
 const PINNED_SNAPSHOT_TTL: Duration = Duration::from_secs(300);
 
@@ -46,11 +46,13 @@ pub struct EmbeddedOptions {
     pub path: PathBuf,
     /// Most writes committed in one transaction.
     pub max_batch: usize,
+    /// redb's page cache.
+    pub cache_bytes: usize,
 }
 
 impl EmbeddedOptions {
     pub fn new(path: impl Into<PathBuf>) -> Self {
-        Self { path: path.into(), max_batch: 512 }
+        Self { path: path.into(), max_batch: 512, cache_bytes: 16 * 1024 * 1024 }
     }
 }
 
@@ -101,7 +103,9 @@ impl EmbeddedStore {
         if let Some(dir) = options.path.parent() {
             std::fs::create_dir_all(dir).map_err(backend)?;
         }
-        let db = Database::create(&options.path).map_err(backend)?;
+        // Reads are served from memory, so redb's page cache only helps writes and start-up; its
+        // 1 GiB default would mostly hold copies of what the map already has.
+        let db = Database::builder().set_cache_size(options.cache_bytes).create(&options.path).map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
         {
             txn.open_table(KV).map_err(backend)?;
