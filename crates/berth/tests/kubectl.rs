@@ -9,6 +9,12 @@ fn server() -> Server {
     Server::start(env!("CARGO_BIN_EXE_berth"))
 }
 
+/// A ConfigMap created from YAML (JSON on the wire), with optional extra metadata lines.
+fn configmap(s: &Server, name: &str, extra_metadata: &str) {
+    let yaml = format!("apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: {name}\n{extra_metadata}data:\n  k: v1\n");
+    s.ok_stdin(&["create", "-f", "-"], &yaml);
+}
+
 const APP: &str = r#"
 apiVersion: v1
 kind: Namespace
@@ -175,7 +181,7 @@ fn server_side_apply_owns_fields_and_reports_conflicts() {
 #[test]
 fn kubectl_edit_with_a_scripted_editor() {
     let s = server();
-    s.ok(&["create", "configmap", "edited", "--from-literal=k=v1"]);
+    configmap(&s, "edited", "");
     let dir = TempDir::new("editor");
     let editor = dir.path.join("editor.sh");
     std::fs::write(&editor, "#!/bin/sh\nsed -i 's/k: v1/k: v2/' \"$1\"\n").unwrap();
@@ -188,7 +194,7 @@ fn kubectl_edit_with_a_scripted_editor() {
 #[test]
 fn get_watch_streams_changes() {
     let s = server();
-    s.ok(&["create", "configmap", "watched", "--from-literal=k=v"]);
+    configmap(&s, "watched", "");
     let mut child = s
         .kubectl_command(&["get", "configmaps", "-w", "-o", "name", "--request-timeout=30s"])
         .stdout(std::process::Stdio::piped())
@@ -196,7 +202,7 @@ fn get_watch_streams_changes() {
         .spawn()
         .unwrap();
     std::thread::sleep(Duration::from_millis(1500));
-    s.ok(&["create", "configmap", "later", "--from-literal=k=v"]);
+    configmap(&s, "later", "");
     s.ok(&["delete", "configmap", "watched"]);
     std::thread::sleep(Duration::from_millis(1500));
     let _ = child.kill();
@@ -236,7 +242,8 @@ fn strict_validation_rejects_unknown_fields() {
     let err = s.kubectl_stdin(&["create", "-f", "-"], invalid);
     let stderr = String::from_utf8_lossy(&err.stderr);
     assert!(stderr.contains("is invalid") && stderr.contains("RFC 1123"), "{stderr}");
-    let err = s.fails(&["create", "configmap", "x", "-n", "nowhere"]);
+    let err = s.kubectl_stdin(&["create", "-n", "nowhere", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: x\n");
+    let err = String::from_utf8_lossy(&err.stderr);
     assert!(err.contains("namespaces \"nowhere\" not found"), "{err}");
 }
 
@@ -297,7 +304,7 @@ spec:
 #[test]
 fn conflicting_update_is_refused() {
     let s = server();
-    s.ok(&["create", "configmap", "race", "--from-literal=k=v"]);
+    configmap(&s, "race", "");
     let mut cm = s.get_json(&["configmap", "race"]);
     s.ok(&["patch", "configmap", "race", "--type=merge", "-p", r#"{"data":{"k":"newer"}}"#]);
     cm["data"]["k"] = Value::String("stale".into());
@@ -315,7 +322,7 @@ fn data_survives_restart_and_kill_9() {
     s.restart();
     assert_eq!(s.get_json(&["configmap", "settings", "-n", "shop"])["data"]["color"], "blue");
     for i in 0..20 {
-        s.ok(&["create", "configmap", &format!("cm{i}"), "--from-literal=k=v"]);
+        configmap(&s, &format!("cm{i}"), "");
     }
     s.kill_hard();
     s.start_again();
@@ -330,22 +337,57 @@ fn data_survives_restart_and_kill_9() {
 #[test]
 fn deleting_with_each_propagation_policy() {
     let s = server();
-    s.ok(&["create", "configmap", "plain", "--from-literal=k=v"]);
+    configmap(&s, "plain", "");
     s.ok(&["delete", "configmap", "plain"]);
     assert!(s.fails(&["get", "configmap", "plain"]).contains("not found"));
     // A finalizer holds an object in Terminating until it is removed.
-    s.ok_stdin(&["apply", "-f", "-"], "apiVersion: v1\nkind: ConfigMap\nmetadata:\n  name: held\n  finalizers: [example.com/hold]\n");
+    configmap(&s, "held", "  finalizers: [example.com/hold]\n");
     s.ok(&["delete", "configmap", "held", "--wait=false"]);
     let held = s.get_json(&["configmap", "held"]);
     assert!(held["metadata"]["deletionTimestamp"].is_string());
     s.ok(&["patch", "configmap", "held", "--type=json", "-p", r#"[{"op":"remove","path":"/metadata/finalizers"}]"#]);
     assert!(s.fails(&["get", "configmap", "held"]).contains("not found"));
+    // Owners with a dependent: background and foreground delete the dependent, orphan keeps it
+    // and strips its owner reference.
     for cascade in ["background", "foreground", "orphan"] {
-        let name = format!("owner-{cascade}");
-        s.ok(&["create", "configmap", &name, "--from-literal=k=v"]);
-        let out = s.kubectl(&["delete", "configmap", &name, &format!("--cascade={cascade}"), "--timeout=60s"]);
+        let owner = format!("owner-{cascade}");
+        let dependent = format!("dependent-{cascade}");
+        configmap(&s, &owner, "");
+        let uid = s.get_json(&["configmap", &owner])["metadata"]["uid"].as_str().unwrap().to_string();
+        let owned = format!("  ownerReferences: [{{apiVersion: v1, kind: ConfigMap, name: {owner}, uid: \"{uid}\", blockOwnerDeletion: true}}]\n");
+        configmap(&s, &dependent, &owned);
+        let out = s.kubectl(&["delete", "configmap", &owner, &format!("--cascade={cascade}"), "--timeout=60s"]);
         assert!(out.status.success(), "cascade={cascade}: {}", String::from_utf8_lossy(&out.stderr));
-        let gone = eventually(Duration::from_secs(30), || (!s.kubectl(&["get", "configmap", &name]).status.success()).then_some(()));
-        assert!(gone.is_some(), "{name} still present");
+        assert!(s.fails(&["get", "configmap", &owner]).contains("not found"));
+        let settled = eventually(Duration::from_secs(30), || {
+            let got = s.kubectl(&["get", "configmap", &dependent, "-o", "json"]);
+            match cascade {
+                "orphan" => {
+                    let dep: Value = serde_json::from_slice(&got.stdout).ok()?;
+                    dep["metadata"].get("ownerReferences").is_none_or(|r| r.as_array().is_some_and(Vec::is_empty)).then_some(())
+                }
+                _ => (!got.status.success()).then_some(()),
+            }
+        });
+        assert!(settled.is_some(), "cascade={cascade}: dependent not handled as upstream does");
     }
+    // Deleting a namespace empties it, then removes it.
+    s.ok_stdin(&["apply", "-f", "-"], APP);
+    s.ok(&["delete", "namespace", "shop", "--timeout=60s"]);
+    assert!(s.fails(&["get", "namespace", "shop"]).contains("not found"));
+    assert!(s.ok(&["get", "configmaps", "-n", "shop", "-o", "name"]).trim().is_empty());
+}
+
+#[test]
+fn typed_generators_send_protobuf_and_work() {
+    let s = server();
+    s.ok(&["create", "configmap", "gen", "--from-literal=k=v"]);
+    s.ok(&["create", "secret", "generic", "gen", "--from-literal=password=p"]);
+    s.ok(&["create", "deployment", "gen", "--image=busybox:1.36", "--replicas=2"]);
+    s.ok(&["create", "service", "clusterip", "gen", "--tcp=80:8080"]);
+    s.ok(&["create", "namespace", "gen"]);
+    assert_eq!(s.get_json(&["configmap", "gen"])["data"]["k"], "v");
+    assert_eq!(s.get_json(&["secret", "gen"])["data"]["password"], "cA==");
+    assert_eq!(s.get_json(&["deployment", "gen"])["spec"]["replicas"], 2);
+    assert_eq!(s.get_json(&["service", "gen"])["spec"]["ports"][0]["targetPort"], 8080);
 }

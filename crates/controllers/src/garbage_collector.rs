@@ -15,9 +15,10 @@ const ORPHAN: &str = "orphan";
 const FOREGROUND: &str = "foregroundDeletion";
 
 pub async fn run(client: kube::Client, graph: Graph) {
+    let mut changes = graph.subscribe();
     loop {
         tokio::select! {
-            _ = graph.changed.notified() => {}
+            _ = changes.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(5)) => {}
         }
         // Let a burst of changes settle into one pass.
@@ -43,7 +44,11 @@ async fn remove_finalizer(client: &kube::Client, node: &Node, finalizer: &str) {
 }
 
 async fn delete(client: &kube::Client, node: &Node, policy: kube::api::PropagationPolicy) {
-    let params = DeleteParams { propagation_policy: Some(policy), preconditions: Some(kube::api::Preconditions { uid: Some(node.uid.clone()), resource_version: None }), ..Default::default() };
+    // Preconditions on uid and resourceVersion: the graph may lag behind the server, and an
+    // object that changed since (say, had its owner reference removed) must not be deleted on
+    // the strength of what it was.
+    let preconditions = kube::api::Preconditions { uid: Some(node.uid.clone()), resource_version: Some(node.resource_version.clone()) };
+    let params = DeleteParams { propagation_policy: Some(policy), preconditions: Some(preconditions), ..Default::default() };
     match api_for(client, node).delete(&node.name, &params).await {
         Ok(_) => tracing::info!(resource = %node.resource.plural, name = %node.name, "garbage collector deleted object"),
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}

@@ -11,7 +11,7 @@ use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::discovery::{Discovery, Scope, verbs};
 use kube::runtime::{WatchStreamExt, watcher};
-use tokio::sync::Notify;
+use tokio::sync::watch;
 
 /// What the graph keeps of one object.
 #[derive(Clone, Debug)]
@@ -38,7 +38,8 @@ struct State {
 #[derive(Clone)]
 pub struct Graph {
     state: Arc<Mutex<State>>,
-    pub changed: Arc<Notify>,
+    /// Bumped on every change; each controller waits on its own receiver.
+    changes: watch::Sender<u64>,
 }
 
 fn resource_key(ar: &ApiResource) -> String {
@@ -48,7 +49,7 @@ fn resource_key(ar: &ApiResource) -> String {
 impl Graph {
     /// Starts watching every resource now and every `rediscover` interval.
     pub fn start(client: kube::Client, rediscover: Duration) -> Self {
-        let graph = Graph { state: Arc::default(), changed: Arc::new(Notify::new()) };
+        let graph = Graph { state: Arc::default(), changes: watch::Sender::new(0) };
         let g = graph.clone();
         tokio::spawn(async move {
             loop {
@@ -118,9 +119,14 @@ impl Graph {
                     }
                 }
                 drop(state);
-                g.changed.notify_one();
+                g.changes.send_modify(|n| *n += 1);
             }
         });
+    }
+
+    /// A receiver that sees every later change.
+    pub fn subscribe(&self) -> watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// True once every resource watched so far has listed its objects.

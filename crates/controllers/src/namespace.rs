@@ -12,9 +12,10 @@ use crate::graph::Graph;
 const FINALIZER: &str = "kubernetes";
 
 pub async fn run(client: kube::Client, graph: Graph) {
+    let mut changes = graph.subscribe();
     loop {
         tokio::select! {
-            _ = graph.changed.notified() => {}
+            _ = changes.changed() => {}
             _ = tokio::time::sleep(Duration::from_secs(3)) => {}
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
