@@ -104,6 +104,8 @@ pub enum Format {
     Json,
     Yaml,
     Table,
+    /// `as=PartialObjectMetadata(List)`: metadata only, for metadata informers.
+    Metadata,
 }
 
 pub fn negotiate(headers: &HeaderMap) -> ApiResult<Format> {
@@ -113,9 +115,12 @@ pub fn negotiate(headers: &HeaderMap) -> ApiResult<Format> {
         let mut params = part.split(';').map(str::trim);
         let media = params.next().unwrap_or("");
         let params: Vec<&str> = params.collect();
-        let is_table = params.contains(&"as=Table") && params.iter().any(|p| p.starts_with("g=meta.k8s.io"));
+        let meta_group = params.iter().any(|p| p.starts_with("g=meta.k8s.io"));
+        let is_table = params.contains(&"as=Table") && meta_group;
+        let is_metadata = (params.contains(&"as=PartialObjectMetadata") || params.contains(&"as=PartialObjectMetadataList")) && meta_group;
         match media {
             "application/json" if is_table => return Ok(Format::Table),
+            "application/json" if is_metadata => return Ok(Format::Metadata),
             "application/json" | "*/*" | "application/*" if params.iter().all(|p| !p.starts_with("as=")) => return Ok(Format::Json),
             "application/yaml" if params.is_empty() => return Ok(Format::Yaml),
             "" => {}
@@ -370,6 +375,10 @@ async fn serve_resource(server: &Arc<Server>, req: http::Request<hyper::body::In
                 let obj = api.get(&def, ns, name).await.map_err(|e| ("get", e))?;
                 return Ok(("get", json_response(200, &scale::to_scale(&def, &obj))));
             }
+            if format == Format::Metadata {
+                let obj = api.get(&def, ns, name).await.map_err(|e| ("get", e))?;
+                return Ok(("get", json_response(200, &partial_metadata(&obj))));
+            }
             if format == Format::Table {
                 let kv = api.get_kv(&def, ns, name).await.map_err(|e| ("get", e))?;
                 let table = list::table_of(&def, &[kv], &query, None).map_err(|e| ("get", e))?;
@@ -443,6 +452,11 @@ async fn serve_resource(server: &Arc<Server>, req: http::Request<hyper::body::In
         }
         _ => Err(("", ApiError::method_not_allowed("the server does not allow this method on the requested resource"))),
     }
+}
+
+/// An object reduced to its metadata (metav1.PartialObjectMetadata).
+pub fn partial_metadata(obj: &Value) -> Value {
+    json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": obj.get("metadata").cloned().unwrap_or(json!({}))})
 }
 
 fn header_str(headers: &HeaderMap, name: header::HeaderName) -> String {

@@ -214,6 +214,15 @@ pub async fn serve(server: &Arc<Server>, def: &ResourceDef, namespace: Option<&s
         let table = table_of(def, &page.items, query, Some(&page))?;
         return Ok(crate::http::json_response(200, &table));
     }
+    if format == Format::Metadata {
+        let items: Vec<Value> = page.items.iter().map(|kv| objects::decode(kv).map(|o| crate::http::partial_metadata(&o))).collect::<Result<_, _>>().map_err(ApiError::internal)?;
+        let mut meta = json!({"resourceVersion": page.revision.to_string()});
+        if let Some(c) = &page.continue_token {
+            meta["continue"] = json!(c);
+        }
+        let list = json!({"kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": meta, "items": items});
+        return Ok(crate::http::json_response(200, &list));
+    }
     let body = list_bytes(def, &page);
     if format == Format::Json {
         return Ok(bytes_response(200, body, "application/json"));
@@ -279,5 +288,5 @@ pub async fn delete_collection(server: &Arc<Server>, def: &ResourceDef, namespac
         }
     }
     let list = json!({"kind": def.list_kind, "apiVersion": def.api_version(), "metadata": {"resourceVersion": server.api.store.current_revision().to_string()}, "items": deleted});
-    Ok(render(200, &list, if format == Format::Table { Format::Json } else { format }))
+    Ok(render(200, &list, if matches!(format, Format::Table | Format::Metadata) { Format::Json } else { format }))
 }

@@ -220,6 +220,8 @@ impl Encoder {
             };
             self.first = false;
             tables::table_for((&self.def.group, &self.def.kind), &[obj], &options, jiff::Timestamp::now())
+        } else if self.format == Format::Metadata {
+            crate::http::partial_metadata(obj)
         } else {
             obj.clone()
         };

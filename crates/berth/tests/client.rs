@@ -93,3 +93,15 @@ async fn compacted_revisions_answer_410_gone() {
     let seen = tokio::time::timeout(Duration::from_secs(10), stream.filter_map(|e| async move { e.ok() }).take(3).collect::<Vec<_>>()).await;
     assert!(seen.is_ok(), "watcher made progress after compaction");
 }
+
+#[tokio::test]
+async fn metadata_only_reads_for_metadata_informers() {
+    let server = Server::start(env!("CARGO_BIN_EXE_berth"));
+    let api: Api<ConfigMap> = Api::namespaced(client(&server).await, "default");
+    api.create(&PostParams::default(), &configmap("meta")).await.unwrap();
+    let one = api.get_metadata("meta").await.unwrap();
+    assert_eq!(one.metadata.labels.unwrap()["batch"], "one");
+    let list = api.list_metadata(&ListParams::default()).await.unwrap();
+    assert_eq!(list.items.len(), 1);
+    assert!(list.metadata.resource_version.is_some());
+}

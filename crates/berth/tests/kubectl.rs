@@ -391,3 +391,29 @@ fn typed_generators_send_protobuf_and_work() {
     assert_eq!(s.get_json(&["deployment", "gen"])["spec"]["replicas"], 2);
     assert_eq!(s.get_json(&["service", "gen"])["spec"]["ports"][0]["targetPort"], 8080);
 }
+
+#[test]
+fn bad_requests_get_status_errors_not_crashes() {
+    let s = server();
+    let dir = TempDir::new("bodies");
+    let write = |name: &str, body: &str| {
+        let path = dir.path.join(name);
+        std::fs::write(&path, body).unwrap();
+        path.to_string_lossy().into_owned()
+    };
+    let malformed = write("bad.json", "{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":");
+    let err = s.fails(&["create", "--raw", "/api/v1/namespaces/default/configmaps", "-f", &malformed]);
+    assert!(err.contains("BadRequest"), "{err}");
+    let huge = write("huge.json", &format!("{{\"apiVersion\":\"v1\",\"kind\":\"ConfigMap\",\"metadata\":{{\"name\":\"big\"}},\"data\":{{\"x\":\"{}\"}}}}", "a".repeat(4 << 20)));
+    let err = s.fails(&["create", "--raw", "/api/v1/namespaces/default/configmaps", "-f", &huge]);
+    assert!(err.contains("RequestEntityTooLarge"), "{err}");
+    let wrong = write("wrong.json", "{\"apiVersion\":\"apps/v1\",\"kind\":\"ConfigMap\",\"metadata\":{\"name\":\"x\"}}");
+    let err = s.fails(&["create", "--raw", "/api/v1/namespaces/default/configmaps", "-f", &wrong]);
+    assert!(err.contains("does not match the expected API version"), "{err}");
+    assert!(s.fails(&["get", "--raw", "/api/v1/namespaces/default/nothings"]).contains("NotFound"));
+    assert!(s.fails(&["get", "--raw", "/apis/nowhere.example.com/v1"]).contains("NotFound"));
+    // The server is still healthy after all that.
+    assert_eq!(s.ok(&["get", "--raw", "/readyz"]), "ok");
+    let metrics = s.ok(&["get", "--raw", "/metrics"]);
+    assert!(metrics.contains("apiserver_request_total{verb=\"CREATE\",resource=\"configmaps\",method=\"POST\",code=\"413\"} 1"), "{metrics}");
+}
