@@ -1,4 +1,4 @@
-//! Stand-ins for the `selectors` and `tables` crates while those are written; same call shapes.
+//! Stand-in for the `selectors` crate while it is written; same call shapes.
 
 pub mod selectors {
     use serde_json::{Map, Value};
@@ -127,57 +127,6 @@ pub mod selectors {
     pub fn field_value(_group: &str, _kind: &str, obj: &Value, field: &str) -> Result<Option<String>, SelectorError> {
         let pointer = format!("/{}", field.replace('.', "/"));
         Ok(obj.pointer(&pointer).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_string)))
-    }
-}
-
-pub mod tables {
-    use serde_json::{Value, json};
-
-    #[derive(Clone, Copy)]
-    pub enum IncludeObject {
-        None,
-        Metadata,
-        Object,
-    }
-
-    pub struct TableOptions {
-        pub include_object: IncludeObject,
-        pub resource_version: Option<String>,
-        pub continue_token: Option<String>,
-        pub remaining_item_count: Option<i64>,
-        pub printer_columns: Option<Value>,
-        pub no_headers: bool,
-    }
-
-    pub fn table_for(_kind: (&str, &str), objects: &[&Value], options: &TableOptions, now: jiff::Timestamp) -> Value {
-        let rows: Vec<Value> = objects
-            .iter()
-            .map(|o| {
-                let name = o.pointer("/metadata/name").cloned().unwrap_or(Value::Null);
-                let age = o
-                    .pointer("/metadata/creationTimestamp")
-                    .and_then(Value::as_str)
-                    .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                    .map(|t| format!("{}s", (now - t).get_seconds().max(0)))
-                    .unwrap_or_else(|| "<unknown>".into());
-                let object = match options.include_object {
-                    IncludeObject::None => Value::Null,
-                    IncludeObject::Metadata => json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": o.get("metadata").cloned().unwrap_or(Value::Null)}),
-                    IncludeObject::Object => (*o).clone(),
-                };
-                json!({"cells": [name, age], "object": object})
-            })
-            .collect();
-        let mut meta = json!({});
-        if let Some(rv) = &options.resource_version {
-            meta["resourceVersion"] = json!(rv);
-        }
-        if let Some(c) = &options.continue_token {
-            meta["continue"] = json!(c);
-        }
-        json!({"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": meta,
-            "columnDefinitions": [{"name": "Name", "type": "string", "format": "name", "description": "", "priority": 0}, {"name": "Age", "type": "string", "format": "", "description": "", "priority": 0}],
-            "rows": rows})
     }
 }
 

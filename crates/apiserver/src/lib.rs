@@ -20,6 +20,7 @@ pub mod metrics;
 pub mod objects;
 pub mod openapi_docs;
 pub mod patching;
+pub mod printers;
 pub mod resources;
 pub mod scale;
 pub mod status;

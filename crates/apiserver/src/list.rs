@@ -13,7 +13,8 @@ use store::{KeyValue, Revision};
 use crate::api::{Api, DeleteOptions, Deleted};
 use crate::http::{Body, Format, Query, Server, bytes_response, render};
 use crate::objects;
-use crate::interim::{selectors, tables};
+use crate::interim::selectors;
+use crate::printers as tables;
 use crate::resources::ResourceDef;
 use crate::status::{ApiError, ApiResult};
 

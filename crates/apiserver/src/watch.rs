@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use crate::http::{Body, Format, Query, Server};
 use crate::list::Filter;
 use crate::objects;
-use crate::interim::tables;
+use crate::printers as tables;
 use crate::resources::ResourceDef;
 use crate::status::{ApiError, ApiResult};
 
