@@ -13,7 +13,7 @@ use store::{KeyValue, Revision};
 use crate::api::{Api, DeleteOptions, Deleted};
 use crate::http::{Body, Format, Query, Server, bytes_response, render};
 use crate::objects;
-use crate::interim::selectors;
+use crate::selection as selectors;
 use crate::printers as tables;
 use crate::resources::ResourceDef;
 use crate::status::{ApiError, ApiResult};
@@ -29,7 +29,10 @@ pub struct Filter {
 impl Filter {
     pub fn from_query(def: &ResourceDef, query: &Query) -> ApiResult<Self> {
         let labels = match query.get("labelSelector").filter(|s| !s.trim().is_empty()) {
-            Some(s) => Some(selectors::LabelSelector::parse(s).map_err(|e| ApiError::bad_request(format!("unable to parse requirement: {e}")))?),
+            Some(s) => Some(selectors::LabelSelector::parse(s).map_err(|e| {
+                let message = e.to_string();
+                ApiError::bad_request(if message.starts_with("unable to parse requirement") { message } else { format!("unable to parse requirement: {message}") })
+            })?),
             None => None,
         };
         let fields = match query.get("fieldSelector").filter(|s| !s.trim().is_empty()) {
