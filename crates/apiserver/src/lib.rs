@@ -104,6 +104,8 @@ pub async fn serve(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
     pki.write_admin_kubeconfig(&kubeconfig, &server_url)?;
     let tls_config = pki.server_config()?;
 
+    let metrics = Arc::new(metrics::Metrics::default());
+    let store: Arc<dyn Store> = Arc::new(metrics::MeteredStore::new(store, metrics.clone()));
     let registry = Arc::new(resources::Registry::new());
     let service_ips = allocator::ServiceIps::new(&config.service_cidr)?;
     if let Some(services) = registry.get("", "v1", "services") {
@@ -120,7 +122,7 @@ pub async fn serve(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
 
     let server = Arc::new(http::Server {
         api,
-        metrics: Arc::new(metrics::Metrics::default()),
+        metrics,
         openapi,
         advertise_address: addr.to_string(),
         tokens: HashMap::new(),
