@@ -431,9 +431,7 @@ impl Api {
                     metadata_mut(&mut new).insert("resourceVersion".into(), json!(rev.to_string()));
                     Ok(Written { object: new, warnings, created: false })
                 }
-                Err(StoreError::Conflict { .. }) => Err(ApiError::stale(def, name)),
-                Err(StoreError::NotFound(_)) => Err(ApiError::not_found(def, name)),
-                Err(e) => Err(e.into()),
+                Err(e) => Err(write_error(def, name, e)),
             };
         }
         if unchanged {
@@ -446,9 +444,7 @@ impl Api {
                 metadata_mut(&mut new).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
                 Ok(Written { object: new, warnings, created: false })
             }
-            Err(StoreError::Conflict { .. }) => Err(ApiError::stale(def, name)),
-            Err(StoreError::NotFound(_)) => Err(ApiError::not_found(def, name)),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(write_error(def, name, e)),
         }
     }
 
@@ -580,9 +576,7 @@ impl Api {
                     }
                     Ok(Deleted::Gone(obj))
                 }
-                Err(StoreError::Conflict { .. }) => Err(ApiError::stale(def, name)),
-                Err(StoreError::NotFound(_)) => Err(ApiError::not_found(def, name)),
-                Err(e) => Err(e.into()),
+                Err(e) => Err(write_error(def, name, e)),
             };
         }
         let meta = metadata_mut(&mut obj);
@@ -613,9 +607,7 @@ impl Api {
                 metadata_mut(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
                 Ok(Deleted::Pending(obj))
             }
-            Err(StoreError::Conflict { .. }) => Err(ApiError::stale(def, name)),
-            Err(StoreError::NotFound(_)) => Err(ApiError::not_found(def, name)),
-            Err(e) => Err(e.into()),
+            Err(e) => Err(write_error(def, name, e)),
         }
     }
 
@@ -658,6 +650,15 @@ impl Api {
 
     pub fn raw_bytes(kv: &KeyValue) -> Bytes {
         Bytes::from(objects::with_resource_version(&kv.value, kv.mod_revision))
+    }
+}
+
+/// The API error for a failed single-object store write.
+fn write_error(def: &ResourceDef, name: &str, e: StoreError) -> ApiError {
+    match e {
+        StoreError::Conflict { .. } => ApiError::stale(def, name),
+        StoreError::NotFound(_) => ApiError::not_found(def, name),
+        other => other.into(),
     }
 }
 

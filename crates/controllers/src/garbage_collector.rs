@@ -15,16 +15,10 @@ const ORPHAN: &str = "orphan";
 const FOREGROUND: &str = "foregroundDeletion";
 
 pub async fn run(client: kube::Client, graph: Graph) {
-    let mut changes = graph.subscribe();
-    loop {
-        tokio::select! {
-            _ = changes.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-        }
-        // Let a burst of changes settle into one pass.
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        reconcile(&client, &graph).await;
-    }
+    graph.on_changes(Duration::from_secs(5), || {
+        let (client, graph) = (client.clone(), graph.clone());
+        async move { reconcile(&client, &graph).await }
+    }).await;
 }
 
 fn api_for(client: &kube::Client, node: &Node) -> Api<DynamicObject> {

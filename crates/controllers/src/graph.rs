@@ -124,6 +124,20 @@ impl Graph {
         });
     }
 
+    /// Runs `pass` after every burst of changes, and at least every `tick`, forever.
+    pub async fn on_changes<F: std::future::Future<Output = ()>>(&self, tick: Duration, mut pass: impl FnMut() -> F) {
+        let mut changes = self.subscribe();
+        loop {
+            tokio::select! {
+                _ = changes.changed() => {}
+                _ = tokio::time::sleep(tick) => {}
+            }
+            // Let a burst of changes settle into one pass.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            pass().await;
+        }
+    }
+
     /// A receiver that sees every later change.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.changes.subscribe()

@@ -12,15 +12,10 @@ use crate::graph::Graph;
 const FINALIZER: &str = "kubernetes";
 
 pub async fn run(client: kube::Client, graph: Graph) {
-    let mut changes = graph.subscribe();
-    loop {
-        tokio::select! {
-            _ = changes.changed() => {}
-            _ = tokio::time::sleep(Duration::from_secs(3)) => {}
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-        reconcile(&client, &graph).await;
-    }
+    graph.on_changes(Duration::from_secs(3), || {
+        let (client, graph) = (client.clone(), graph.clone());
+        async move { reconcile(&client, &graph).await }
+    }).await;
 }
 
 pub async fn reconcile(client: &kube::Client, graph: &Graph) {
