@@ -160,7 +160,7 @@ impl Api {
     }
 
     /// Checks the namespace a namespaced object is created in exists and is not terminating.
-    async fn check_namespace(&self, def: &ResourceDef, namespace: Option<&str>) -> ApiResult<()> {
+    async fn check_namespace(&self, def: &ResourceDef, namespace: Option<&str>, name: &str) -> ApiResult<()> {
         if !def.namespaced {
             return Ok(());
         }
@@ -171,8 +171,8 @@ impl Api {
         let obj: Value = serde_json::from_slice(&kv.value).map_err(ApiError::internal)?;
         if objects::is_deleting(&obj) && def.kind != "Event" {
             let mut err = ApiError::forbidden(format!(
-                "{} \"{}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
-                def.plural, ""
+                "{} \"{name}\" is forbidden: unable to create new content in namespace {ns} because it is being terminated",
+                def.plural
             ));
             err.details = Some(json!({"kind": def.plural, "causes": [{"reason": "NamespaceTerminating", "message": format!("namespace {ns} is being terminated"), "field": "metadata.namespace"}]}));
             return Err(err);
@@ -277,7 +277,7 @@ impl Api {
         if !causes.is_empty() {
             return Err(ApiError::invalid(def, &name, causes));
         }
-        self.check_namespace(def, namespace).await?;
+        self.check_namespace(def, namespace, &name).await?;
         let mut obj = self.record_manager(def, None, obj, Part::Main, opts);
         let allocated = if def.kind == "Service" && def.group.is_empty() {
             self.service_ips.allocate_for(def, &mut obj, &*self.store).await?
@@ -625,7 +625,7 @@ impl Api {
             .grace_period_seconds
             .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
             .unwrap_or(30);
-        // Upstream turns a requested 0 into 1 for running pods unless forced (kubectl --force sends 0 with --grace-period=0).
+        // A requested 0 deletes at once (kubectl --force --grace-period=0).
         grace.max(0)
     }
 

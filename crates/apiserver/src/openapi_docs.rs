@@ -73,9 +73,8 @@ impl OpenApiDocs {
             resp.headers_mut().insert(header::ETAG, HeaderValue::from_str(&quoted).unwrap_or(HeaderValue::from_static("\"\"")));
             return resp;
         }
-        if let Some(stale) = hash.filter(|h| *h != etag.as_str()) {
+        if hash.is_some_and(|h| h != etag.as_str()) {
             // A hashed URL from an older index: send the client to the current one, as upstream.
-            let _ = stale;
             let mut resp = bytes_response(301, Bytes::new(), "application/json");
             let location = format!("/openapi/v3/{}?hash={etag}", path.trim_start_matches('/'));
             if let Ok(v) = HeaderValue::from_str(&location) {

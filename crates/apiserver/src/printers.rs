@@ -509,8 +509,6 @@ fn printer(group: &str, kind: &str) -> Option<(Vec<Column>, Box<dyn Fn(&Value, j
         ("storage.k8s.io", "StorageClass") => (
             vec![NAME, col("Provisioner"), col("ReclaimPolicy"), col("VolumeBindingMode"), col("AllowVolumeExpansion"), AGE],
             Box::new(|o, now| {
-                let default = o.pointer("/metadata/annotations/storageclass.kubernetes.io~1is-default-class").and_then(Value::as_str) == Some("true");
-                let _ = default;
                 vec![json!(s(o, "/provisioner")), json!(s(o, "/reclaimPolicy")), json!(s(o, "/volumeBindingMode")), json!(o.get("allowVolumeExpansion").and_then(Value::as_bool).unwrap_or(false)), age(o, now)]
             }),
         ),

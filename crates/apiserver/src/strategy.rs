@@ -228,9 +228,6 @@ pub fn default_pod_spec(spec: &mut Map<String, Value>) {
                     set_default(src, "defaultMode", json!(420));
                 }
             }
-            if let Some(Value::Object(src)) = volume.get_mut("emptyDir") {
-                let _ = src;
-            }
         }
     }
 }

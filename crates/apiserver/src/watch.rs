@@ -90,10 +90,7 @@ async fn start(server: &Arc<Server>, def: &ResourceDef, ns: Option<&str>, query:
                 initial.push(obj);
             }
         }
-        match params.start {
-            Some(rv) if rv > snapshot.revision => snapshot.revision,
-            _ => snapshot.revision,
-        }
+        snapshot.revision
     } else {
         params.start.unwrap_or_else(|| api.store.current_revision())
     };
