@@ -166,6 +166,9 @@ pub fn decode_object(content_type: &str, raw: &[u8]) -> ApiResult<Value> {
             let text = std::str::from_utf8(raw).map_err(|_| ApiError::bad_request("the YAML body is not UTF-8"))?;
             serde_saphyr::from_str(text).map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded as YAML: {e}")))?
         }
+        "application/vnd.kubernetes.protobuf" => {
+            crate::protobuf::decode(raw).map_err(|e| ApiError::bad_request(format!("the body of the request could not be decoded as protobuf: {e}")))?
+        }
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     if !value.is_object() {
@@ -431,7 +434,8 @@ async fn serve_resource(server: &Arc<Server>, req: http::Request<hyper::body::In
             Ok(("patch", with_warnings(render(code, &written.object, format), &written.warnings)))
         }
         (&Method::DELETE, Some(name)) => {
-            let opts = delete_options(&query, req.into_body()).await.map_err(|e| ("delete", e))?;
+            let content_type = header_str(&headers, header::CONTENT_TYPE);
+            let opts = delete_options(&query, &content_type, req.into_body()).await.map_err(|e| ("delete", e))?;
             match api.delete(&def, ns, name, &opts).await.map_err(|e| ("delete", e))? {
                 Deleted::Pending(obj) => Ok(("delete", render(200, &obj, format))),
                 Deleted::Gone(obj) if def.kind == "Pod" && def.group.is_empty() => Ok(("delete", render(200, &obj, format))),
@@ -446,7 +450,8 @@ async fn serve_resource(server: &Arc<Server>, req: http::Request<hyper::body::In
             }
         }
         (&Method::DELETE, None) => {
-            let opts = delete_options(&query, req.into_body()).await.map_err(|e| ("deletecollection", e))?;
+            let content_type = header_str(&headers, header::CONTENT_TYPE);
+            let opts = delete_options(&query, &content_type, req.into_body()).await.map_err(|e| ("deletecollection", e))?;
             let resp = list::delete_collection(server, &def, ns, &query, &opts, format).await.map_err(|e| ("deletecollection", e))?;
             Ok(("deletecollection", resp))
         }
@@ -463,7 +468,7 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> String {
     headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
 }
 
-async fn delete_options(query: &Query, body: hyper::body::Incoming) -> ApiResult<DeleteOptions> {
+async fn delete_options(query: &Query, content_type: &str, body: hyper::body::Incoming) -> ApiResult<DeleteOptions> {
     let mut opts = DeleteOptions {
         grace_period_seconds: match query.get("gracePeriodSeconds") {
             Some(g) => Some(g.parse().map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?),
@@ -478,7 +483,7 @@ async fn delete_options(query: &Query, body: hyper::body::Incoming) -> ApiResult
     }
     let raw = read_body(body).await?;
     if !raw.iter().all(u8::is_ascii_whitespace) {
-        let body: Value = serde_json::from_slice(&raw).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?;
+        let body = decode_object(content_type, &raw).map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {}", e.message)))?;
         opts.merge_body(&body)?;
     }
     Ok(opts)

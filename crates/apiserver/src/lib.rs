@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod objects;
 pub mod openapi_docs;
 pub mod patching;
+pub mod protobuf;
 pub mod printers;
 pub mod resources;
 pub mod scale;

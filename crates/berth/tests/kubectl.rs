@@ -382,12 +382,57 @@ fn deleting_with_each_propagation_policy() {
 /// Decoding them is not built yet; until it is, they must get a clear 415 Status naming the
 /// accepted types, and `kubectl create -f` of the same object must work.
 #[test]
-fn typed_generators_get_a_clear_unsupported_media_type_answer() {
+fn typed_generators_send_protobuf_and_it_is_understood() {
     let s = server();
-    let err = s.fails(&["create", "configmap", "gen", "--from-literal=k=v"]);
-    assert!(err.contains("application/vnd.kubernetes.protobuf") && err.contains("accepted media types include"), "{err}");
-    configmap(&s, "gen", "");
-    assert_eq!(s.get_json(&["configmap", "gen"])["data"]["k"], "v1");
+    // Each of these builds a typed object and sends it as application/vnd.kubernetes.protobuf.
+    s.ok(&["create", "namespace", "gen"]);
+    s.ok(&["-n", "gen", "create", "configmap", "settings", "--from-literal=mode=fast", "--from-literal=level=3"]);
+    s.ok(&["-n", "gen", "create", "secret", "generic", "creds", "--from-literal=password=s3cret"]);
+    s.ok(&["-n", "gen", "create", "deployment", "web", "--image=nginx:1.25", "--replicas=0", "--port=80"]);
+    s.ok(&["-n", "gen", "create", "service", "clusterip", "web", "--tcp=80:8080"]);
+    s.ok(&["-n", "gen", "create", "job", "once", "--image=busybox", "--", "echo", "hi"]);
+    s.ok(&["-n", "gen", "create", "cronjob", "tick", "--image=busybox", "--schedule=*/5 * * * *"]);
+    s.ok(&["-n", "gen", "create", "role", "reader", "--verb=get,list", "--resource=pods"]);
+    s.ok(&["-n", "gen", "create", "rolebinding", "reader", "--role=reader", "--user=alice"]);
+    s.ok(&["-n", "gen", "create", "quota", "small", "--hard=pods=10,requests.cpu=2"]);
+    s.ok(&["-n", "gen", "create", "poddisruptionbudget", "web", "--selector=app=web", "--min-available=1"]);
+    s.ok(&["-n", "gen", "create", "ingress", "web", "--rule=example.test/=web:80"]);
+    s.ok(&["create", "priorityclass", "high", "--value=1000", "--description=important"]);
+
+    let cm = s.get_json(&["-n", "gen", "configmap", "settings"]);
+    assert_eq!(cm["data"], serde_json::json!({"level": "3", "mode": "fast"}));
+    let secret = s.get_json(&["-n", "gen", "secret", "creds"]);
+    assert_eq!(secret["data"]["password"], "czNjcmV0");
+    assert_eq!(secret["type"], "Opaque");
+
+    let deploy = s.get_json(&["-n", "gen", "deployment", "web"]);
+    // An explicit 0 survives the trip (replicas is a pointer field upstream).
+    assert_eq!(deploy["spec"]["replicas"], 0);
+    assert_eq!(deploy["spec"]["selector"]["matchLabels"]["app"], "web");
+    let container = &deploy["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(container["image"], "nginx:1.25");
+    assert_eq!(container["ports"][0]["containerPort"], 80);
+    // Server defaults apply as they would to a JSON body.
+    assert_eq!(container["imagePullPolicy"], "IfNotPresent");
+    assert_eq!(deploy["spec"]["strategy"]["rollingUpdate"]["maxSurge"], "25%");
+    assert!(deploy["metadata"]["creationTimestamp"].is_string());
+
+    let svc = s.get_json(&["-n", "gen", "service", "web"]);
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], 8080);
+    assert!(svc["spec"]["clusterIP"].as_str().is_some_and(|ip| ip.starts_with("10.43.")), "{svc}");
+    let job = s.get_json(&["-n", "gen", "job", "once"]);
+    assert_eq!(job["spec"]["template"]["spec"]["containers"][0]["command"], serde_json::json!(["echo", "hi"]));
+    assert_eq!(s.get_json(&["-n", "gen", "cronjob", "tick"])["spec"]["schedule"], "*/5 * * * *");
+    assert_eq!(s.get_json(&["-n", "gen", "role", "reader"])["rules"][0]["verbs"], serde_json::json!(["get", "list"]));
+    assert_eq!(s.get_json(&["-n", "gen", "rolebinding", "reader"])["subjects"][0]["name"], "alice");
+    assert_eq!(s.get_json(&["-n", "gen", "resourcequota", "small"])["spec"]["hard"]["requests.cpu"], "2");
+    assert_eq!(s.get_json(&["-n", "gen", "pdb", "web"])["spec"]["minAvailable"], 1);
+    assert_eq!(s.get_json(&["-n", "gen", "ingress", "web"])["spec"]["rules"][0]["host"], "example.test");
+    assert_eq!(s.get_json(&["priorityclass", "high"])["value"], 1000);
+
+    // Validation still answers in Status form for a protobuf body.
+    let err = s.fails(&["-n", "gen", "create", "configmap", "Bad_Name", "--from-literal=k=v"]);
+    assert!(err.contains("Invalid") || err.contains("invalid"), "{err}");
 }
 
 #[test]
