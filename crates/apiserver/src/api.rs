@@ -151,7 +151,7 @@ impl Api {
 
     pub async fn get_kv(&self, def: &ResourceDef, namespace: Option<&str>, name: &str) -> ApiResult<KeyValue> {
         let (kv, _) = self.store.get(&def.key(namespace, name)).await?;
-        kv.ok_or_else(|| ApiError::not_found(def, name))
+        kv.map(|kv| def.served_kv(kv)).ok_or_else(|| ApiError::not_found(def, name))
     }
 
     pub async fn get(&self, def: &ResourceDef, namespace: Option<&str>, name: &str) -> ApiResult<Value> {
@@ -294,7 +294,7 @@ impl Api {
             return Ok(Written { object: obj, warnings, created: true });
         }
         let key = def.key(namespace, &name);
-        match self.store.create(&key, encode_for_storage(&obj)).await {
+        match self.store.create(&key, storage_bytes(def, &obj)).await {
             Ok(kv) => {
                 metadata_mut(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
                 Ok(Written { object: obj, warnings, created: true })
@@ -439,7 +439,7 @@ impl Api {
             return Ok(Written { object: old, warnings, created: false });
         }
         let key = def.key(namespace, name);
-        match self.store.update(&key, encode_for_storage(&new), current.mod_revision).await {
+        match self.store.update(&key, storage_bytes(def, &new), current.mod_revision).await {
             Ok(kv) => {
                 metadata_mut(&mut new).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
                 Ok(Written { object: new, warnings, created: false })
@@ -602,7 +602,7 @@ impl Api {
         if !changed || opts.dry_run {
             return Ok(Deleted::Pending(obj));
         }
-        match self.store.update(&def.key(namespace, name), encode_for_storage(&obj), current.mod_revision).await {
+        match self.store.update(&def.key(namespace, name), storage_bytes(def, &obj), current.mod_revision).await {
             Ok(kv) => {
                 metadata_mut(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
                 Ok(Deleted::Pending(obj))
@@ -629,9 +629,13 @@ impl Api {
         grace.max(0)
     }
 
-    /// A consistent page of objects under `prefix`.
-    pub async fn range(&self, prefix: String, start_after: Option<String>, limit: usize, revision: Option<Revision>) -> ApiResult<store::RangeResponse> {
-        Ok(self.store.range(RangeRequest { prefix, start_after, limit, revision }).await?)
+    /// A consistent page of `def`'s objects under `prefix`, in `def`'s version.
+    pub async fn range(&self, def: &ResourceDef, prefix: String, start_after: Option<String>, limit: usize, revision: Option<Revision>) -> ApiResult<store::RangeResponse> {
+        let mut resp = self.store.range(RangeRequest { prefix, start_after, limit, revision }).await?;
+        if def.conversion != crate::conversion::Conversion::None {
+            resp.kvs = resp.kvs.into_iter().map(|kv| def.served_kv(kv)).collect();
+        }
+        Ok(resp)
     }
 
     /// Ensures the namespaces every cluster has exist.
@@ -654,6 +658,13 @@ impl Api {
 }
 
 /// The API error for a failed single-object store write.
+fn storage_bytes(def: &ResourceDef, obj: &Value) -> Bytes {
+    match def.conversion {
+        crate::conversion::Conversion::None => encode_for_storage(obj),
+        _ => encode_for_storage(&def.to_storage(obj)),
+    }
+}
+
 fn write_error(def: &ResourceDef, name: &str, e: StoreError) -> ApiError {
     match e {
         StoreError::Conflict { .. } => ApiError::stale(def, name),

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use serde_json::{Map, Value, json};
 
 use crate::api::FieldValidation;
+use crate::conversion::Conversion;
 use crate::resources::{ResourceDef, ScalePaths};
 use crate::status::{ApiError, ApiResult, Cause};
 
@@ -26,6 +27,12 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
     };
     let namespaced = spec.get("scope").and_then(Value::as_str) != Some("Cluster");
     let versions = spec.get("versions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let storage_version = versions
+        .iter()
+        .find(|v| v.get("storage") == Some(&json!(true)))
+        .and_then(|v| v.get("name").and_then(Value::as_str))
+        .unwrap_or("")
+        .to_string();
     versions
         .iter()
         .filter(|v| v.get("served") == Some(&json!(true)))
@@ -51,6 +58,9 @@ pub fn resource_defs(crd: &Value) -> Vec<ResourceDef> {
                 scale,
                 tracks_generation: true,
                 storage_group: group.to_string(),
+                storage_version: storage_version.clone(),
+                // Always rewritten, so objects stored before a storage-version switch read right.
+                conversion: Conversion::ApiVersion,
                 schema: v.pointer("/schema/openAPIV3Schema").cloned().map(Arc::new),
                 printer_columns: v.get("additionalPrinterColumns").cloned().map(Arc::new),
                 custom: true,

@@ -23,7 +23,7 @@ fn crd_def(api: &Api) -> Arc<ResourceDef> {
 /// Loads every stored CRD, then follows changes in the background.
 pub async fn start(api: Arc<Api>, openapi: Arc<OpenApiDocs>) -> ApiResult<()> {
     let def = crd_def(&api);
-    let existing = api.range(def.key_prefix(), None, 0, None).await?;
+    let existing = api.range(&def, def.key_prefix(), None, 0, None).await?;
     for kv in &existing.kvs {
         let crd = objects::decode(kv).map_err(ApiError::internal)?;
         register(&api, &openapi, &crd);
@@ -157,7 +157,7 @@ async fn try_reconcile(api: &Api, crd: &Value) -> ApiResult<()> {
 async fn delete_all_instances(api: &Api, crd: &Value) -> ApiResult<()> {
     let defs = resource_defs(crd);
     let Some(def) = defs.first() else { return Ok(()) };
-    let all = api.range(def.key_prefix(), None, 0, None).await?;
+    let all = api.range(&def, def.key_prefix(), None, 0, None).await?;
     let opts = DeleteOptions::default();
     for kv in all.kvs {
         let obj: Value = serde_json::from_slice(&kv.value).map_err(ApiError::internal)?;

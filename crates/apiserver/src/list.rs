@@ -175,7 +175,7 @@ pub async fn read_page(api: &Api, def: &ResourceDef, namespace: Option<&str>, qu
             _ if filter.is_everything() => limit - items.len(),
             _ => (limit - items.len()).max(64),
         };
-        let resp = match api.range(prefix.clone(), start_after.clone(), chunk, revision).await {
+        let resp = match api.range(def, prefix.clone(), start_after.clone(), chunk, revision).await {
             Ok(resp) => resp,
             Err(e) if e.code == 410 && query.get("continue").is_some() => {
                 return Err(ApiError::gone(

@@ -7,6 +7,8 @@ use std::sync::{Arc, RwLock};
 
 use serde_json::Value;
 
+use crate::conversion::Conversion;
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Subresource {
     Status,
@@ -38,6 +40,9 @@ pub struct ResourceDef {
     pub tracks_generation: bool,
     /// The group/version whose objects are stored; a resource served in several versions stores one.
     pub storage_group: String,
+    pub storage_version: String,
+    /// How objects convert between the stored version and this one.
+    pub conversion: Conversion,
     /// Set for custom resources: the CRD's structural schema for this version.
     pub schema: Option<Arc<Value>>,
     /// Set for custom resources: `additionalPrinterColumns` of this version.
@@ -88,6 +93,7 @@ struct Builtin {
     status: bool,
     scale: bool,
     generation: bool,
+    stored_as: Option<(&'static str, &'static str, Conversion)>,
 }
 
 const fn b(
@@ -98,7 +104,7 @@ const fn b(
     namespaced: bool,
     short_names: &'static [&'static str],
 ) -> Builtin {
-    Builtin { group, version, kind, plural, namespaced, short_names, all: false, status: false, scale: false, generation: false }
+    Builtin { group, version, kind, plural, namespaced, short_names, all: false, status: false, scale: false, generation: false, stored_as: None }
 }
 
 impl Builtin {
@@ -116,6 +122,11 @@ impl Builtin {
     }
     const fn generation(mut self) -> Self {
         self.generation = true;
+        self
+    }
+    /// Served from objects stored in another group/version, converted both ways.
+    const fn stored_as(mut self, group: &'static str, version: &'static str, conversion: Conversion) -> Self {
+        self.stored_as = Some((group, version, conversion));
         self
     }
 }
@@ -147,9 +158,14 @@ const BUILTINS: &[Builtin] = &[
     b("batch", "v1", "Job", "jobs", NS, &[]).all().status().generation(),
     b("batch", "v1", "CronJob", "cronjobs", NS, &["cj"]).all().status().generation(),
     b("autoscaling", "v2", "HorizontalPodAutoscaler", "horizontalpodautoscalers", NS, &["hpa"]).all().status().generation(),
+    b("autoscaling", "v1", "HorizontalPodAutoscaler", "horizontalpodautoscalers", NS, &["hpa"])
+        .all()
+        .status()
+        .generation()
+        .stored_as("autoscaling", "v2", Conversion::HpaV1),
     b("coordination.k8s.io", "v1", "Lease", "leases", NS, &[]),
     b("discovery.k8s.io", "v1", "EndpointSlice", "endpointslices", NS, &[]),
-    b("events.k8s.io", "v1", "Event", "events", NS, &["ev"]),
+    b("events.k8s.io", "v1", "Event", "events", NS, &["ev"]).stored_as("", "v1", Conversion::EventsV1),
     b("networking.k8s.io", "v1", "Ingress", "ingresses", NS, &["ing"]).status().generation(),
     b("networking.k8s.io", "v1", "IngressClass", "ingressclasses", CLUSTER, &[]),
     b("networking.k8s.io", "v1", "NetworkPolicy", "networkpolicies", NS, &["netpol"]).generation(),
@@ -183,7 +199,9 @@ fn builtin_defs() -> Vec<ResourceDef> {
                 label_selector: Some(".status.selector".into()),
             }),
             tracks_generation: r.generation,
-            storage_group: r.group.into(),
+            storage_group: r.stored_as.map_or(r.group, |(g, _, _)| g).into(),
+            storage_version: r.stored_as.map_or(r.version, |(_, v, _)| v).into(),
+            conversion: r.stored_as.map_or(Conversion::None, |(_, _, c)| c),
             schema: None,
             printer_columns: None,
             custom: false,

@@ -83,7 +83,7 @@ async fn start(server: &Arc<Server>, def: &ResourceDef, ns: Option<&str>, query:
     // Decide the start point now, so a bad or compacted revision still gets a proper answer.
     let mut initial = Vec::new();
     let after = if params.initial_events {
-        let snapshot = api.range(prefix.clone(), None, 0, None).await?;
+        let snapshot = api.range(&def, prefix.clone(), None, 0, None).await?;
         for kv in snapshot.kvs {
             let obj = objects::decode(&kv).map_err(ApiError::internal)?;
             if filter.matches(&obj) {
@@ -172,7 +172,8 @@ impl Drop for WatchCount {
 
 /// Turns a store change into this watcher's event, applying selector transitions.
 fn translate(event: &store::Event, filter: &Filter, encoder: &mut Encoder) -> Option<Bytes> {
-    let decode = |kv: &store::KeyValue| objects::decode(kv).ok();
+    let def = &encoder.def;
+    let decode = |kv: &store::KeyValue| objects::decode(kv).ok().map(|obj| def.from_storage(obj));
     match event.kind {
         EventKind::Put => {
             let obj = decode(&event.kv)?;

@@ -460,3 +460,72 @@ fn bad_requests_get_status_errors_not_crashes() {
     let metrics = s.ok(&["get", "--raw", "/metrics"]);
     assert!(metrics.contains("apiserver_request_total{verb=\"CREATE\",resource=\"configmaps\",method=\"POST\",code=\"413\"} 1"), "{metrics}");
 }
+
+#[test]
+fn horizontal_pod_autoscalers_are_served_as_v1_and_v2_of_one_object() {
+    let s = server();
+    s.ok(&["create", "deployment", "web", "--image=nginx"]);
+    s.ok(&["autoscale", "deployment", "web", "--min=2", "--max=5", "--cpu-percent=60"]);
+    let v1 = s.get_json(&["horizontalpodautoscalers.v1.autoscaling", "web"]);
+    assert_eq!(v1["apiVersion"], "autoscaling/v1");
+    assert_eq!(v1["spec"]["targetCPUUtilizationPercentage"], 60);
+    let v2 = s.get_json(&["horizontalpodautoscalers.v2.autoscaling", "web"]);
+    assert_eq!(v2["apiVersion"], "autoscaling/v2");
+    assert_eq!(v2["spec"]["metrics"][0]["resource"]["name"], "cpu");
+    assert_eq!(v2["spec"]["metrics"][0]["resource"]["target"]["averageUtilization"], 60);
+    assert_eq!(v2["spec"]["minReplicas"], 2);
+
+    // A v2-only metric survives a write through v1.
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"{"apiVersion": "autoscaling/v2", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "mem"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web"}, "maxReplicas": 3,
+                     "metrics": [{"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "100Mi"}}}]}}"#,
+    );
+    let v1 = s.get_json(&["horizontalpodautoscalers.v1.autoscaling", "mem"]);
+    assert!(v1["spec"].get("targetCPUUtilizationPercentage").is_none(), "{v1}");
+    assert!(v1["metadata"]["annotations"]["autoscaling.alpha.kubernetes.io/metrics"].as_str().is_some_and(|m| m.contains("memory")), "{v1}");
+    s.ok(&["label", "horizontalpodautoscalers.v1.autoscaling", "mem", "tier=backend"]);
+    let v2 = s.get_json(&["horizontalpodautoscalers.v2.autoscaling", "mem"]);
+    assert_eq!(v2["metadata"]["labels"]["tier"], "backend");
+    assert_eq!(v2["spec"]["metrics"], serde_json::json!([{"type": "Resource", "resource": {"name": "memory", "target": {"type": "AverageValue", "averageValue": "100Mi"}}}]));
+    assert!(v2["metadata"].get("annotations").is_none_or(|a| a.get("autoscaling.alpha.kubernetes.io/metrics").is_none()), "{v2}");
+    // One object, two views: both lists see both.
+    assert_eq!(s.get_json(&["horizontalpodautoscalers.v1.autoscaling"])["items"].as_array().map(Vec::len), Some(2));
+}
+
+#[test]
+fn events_are_one_resource_in_core_and_events_k8s_io() {
+    let s = server();
+    s.ok_stdin(
+        &["create", "-f", "-"],
+        r#"{"apiVersion": "v1", "kind": "Event", "metadata": {"name": "web.1"},
+            "involvedObject": {"kind": "Pod", "name": "web", "namespace": "default"},
+            "reason": "Started", "message": "Started container web", "type": "Normal", "count": 2,
+            "source": {"component": "kubelet"}, "reportingComponent": "kubelet", "reportingInstance": "node-1"}"#,
+    );
+    let new = s.get_json(&["events.v1.events.k8s.io", "web.1"]);
+    assert_eq!(new["apiVersion"], "events.k8s.io/v1");
+    assert_eq!(new["regarding"]["name"], "web");
+    assert_eq!(new["note"], "Started container web");
+    assert_eq!(new["deprecatedCount"], 2);
+    assert_eq!(new["reportingController"], "kubelet");
+
+    s.ok_stdin(
+        &["create", "-f", "-"],
+        r#"{"apiVersion": "events.k8s.io/v1", "kind": "Event", "metadata": {"name": "web.2"},
+            "eventTime": "2026-11-29T08:00:00.000000Z", "reportingController": "berth.dev/scheduler", "reportingInstance": "berth-1",
+            "action": "Binding", "reason": "Scheduled", "regarding": {"kind": "Pod", "name": "web", "namespace": "default"},
+            "note": "Successfully assigned default/web to node-1", "type": "Normal"}"#,
+    );
+    let core = s.get_json(&["events.v1.", "web.2"]);
+    assert_eq!(core["apiVersion"], "v1");
+    assert_eq!(core["involvedObject"]["name"], "web");
+    assert_eq!(core["message"], "Successfully assigned default/web to node-1");
+    assert_eq!(core["reportingComponent"], "berth.dev/scheduler");
+    let listed = s.get_json(&["events.v1.events.k8s.io"]);
+    assert_eq!(listed["items"].as_array().map(Vec::len), Some(2));
+    // kubectl get events reads the core view and shows both.
+    let table = s.ok(&["get", "events"]);
+    assert!(table.contains("Started container web") && table.contains("Successfully assigned"), "{table}");
+}
