@@ -110,6 +110,7 @@ pub struct Api {
     pub registry: Arc<Registry>,
     pub service_ips: ServiceIps,
     pub openapi: Arc<crate::openapi_docs::OpenApiDocs>,
+    pub watch_cache: crate::cacher::WatchCache,
 }
 
 fn parse_rv(s: &str) -> ApiResult<Revision> {
@@ -118,7 +119,8 @@ fn parse_rv(s: &str) -> ApiResult<Revision> {
 
 impl Api {
     pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, service_ips: ServiceIps, openapi: Arc<crate::openapi_docs::OpenApiDocs>) -> Self {
-        Self { store, registry, service_ips, openapi }
+        let watch_cache = crate::cacher::WatchCache::new(store.clone());
+        Self { store, registry, service_ips, openapi, watch_cache }
     }
 
     /// Records who made a non-apply write in `metadata.managedFields`, as upstream does for every

@@ -15,6 +15,8 @@ use serde_json::{Value, json};
 use store::{EventKind, Revision};
 use tokio::sync::mpsc;
 
+use crate::cacher::CachedEvent;
+use crate::conversion::Conversion;
 use crate::http::{Body, Format, Query, Server};
 use crate::list::Filter;
 use crate::objects;
@@ -94,7 +96,7 @@ async fn start(server: &Arc<Server>, def: &ResourceDef, ns: Option<&str>, query:
     } else {
         params.start.unwrap_or_else(|| api.store.current_revision())
     };
-    let watch = api.store.watch(&prefix, after);
+    let watch = api.watch_cache.watch(&def.key_prefix(), &prefix, after);
     server.metrics.watch_started(&def.plural);
     let metrics = server.metrics.clone();
     let resource = def.plural.clone();
@@ -171,15 +173,20 @@ impl Drop for WatchCount {
 }
 
 /// Turns a store change into this watcher's event, applying selector transitions.
-fn translate(event: &store::Event, filter: &Filter, encoder: &mut Encoder) -> Option<Bytes> {
-    let def = &encoder.def;
-    let decode = |kv: &store::KeyValue| objects::decode(kv).ok().map(|obj| def.from_storage(obj));
-    match event.kind {
+fn translate(event: &CachedEvent, filter: &Filter, encoder: &mut Encoder) -> Option<Bytes> {
+    let def = encoder.def.clone();
+    if filter.is_everything() && encoder.format == Format::Json && def.conversion == Conversion::None {
+        // The common case: the stored bytes go out as they are, serialized once for all watchers.
+        return Some(event.json_line(event.natural_type()));
+    }
+    let served = |obj: Option<&Value>| obj.map(|o| def.from_storage(o.clone()));
+    match event.event.kind {
         EventKind::Put => {
-            let obj = decode(&event.kv)?;
+            let obj = served(event.object())?;
             let now = filter.matches(&obj);
-            let before = event.prev.as_ref().and_then(decode).is_some_and(|p| filter.matches(&p));
-            match (before, now, event.prev.is_some()) {
+            let had_prev = event.event.prev.is_some();
+            let before = had_prev && served(event.prev()).is_some_and(|p| filter.matches(&p));
+            match (before, now, had_prev) {
                 (_, true, false) | (false, true, true) => Some(encoder.event("ADDED", &obj)),
                 (true, true, true) => Some(encoder.event("MODIFIED", &obj)),
                 (true, false, _) => Some(encoder.event("DELETED", &obj)),
@@ -187,7 +194,7 @@ fn translate(event: &store::Event, filter: &Filter, encoder: &mut Encoder) -> Op
             }
         }
         EventKind::Delete => {
-            let obj = decode(&event.kv)?;
+            let obj = served(event.object())?;
             filter.matches(&obj).then(|| encoder.event("DELETED", &obj))
         }
     }
