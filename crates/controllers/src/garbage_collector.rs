@@ -2,9 +2,9 @@
 //! deletes the dependents of an owner held by the `foregroundDeletion` finalizer before letting it
 //! go, and strips owner references to an owner held by the `orphan` finalizer before letting it go.
 
-use std::collections::HashMap;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, ApiResource, DeleteParams, DynamicObject, Patch, PatchParams};
 use kube::core::GroupVersionKind;
 use serde_json::json;
@@ -23,8 +23,8 @@ pub async fn run(client: kube::Client, graph: Graph) {
 
 fn api_for(client: &kube::Client, node: &Node) -> Api<DynamicObject> {
     match (&node.namespace, node.namespaced) {
-        (Some(ns), true) => Api::namespaced_with(client.clone(), ns, &node.resource),
-        _ => Api::all_with(client.clone(), &node.resource),
+        (Some(ns), true) => Api::namespaced_with(client.clone(), ns, &*node.resource),
+        _ => Api::all_with(client.clone(), &*node.resource),
     }
 }
 
@@ -37,22 +37,30 @@ async fn remove_finalizer(client: &kube::Client, node: &Node, finalizer: &str) {
     }
 }
 
-async fn delete(client: &kube::Client, node: &Node, policy: kube::api::PropagationPolicy) {
+/// Deletes `node`; false when it should be tried again.
+async fn delete(client: &kube::Client, node: &Node, policy: kube::api::PropagationPolicy) -> bool {
     // Preconditions on uid and resourceVersion: the graph may lag behind the server, and an
     // object that changed since (say, had its owner reference removed) must not be deleted on
     // the strength of what it was.
     let preconditions = kube::api::Preconditions { uid: Some(node.uid.clone()), resource_version: Some(node.resource_version.clone()) };
     let params = DeleteParams { propagation_policy: Some(policy), preconditions: Some(preconditions), ..Default::default() };
     match api_for(client, node).delete(&node.name, &params).await {
-        Ok(_) => tracing::info!(resource = %node.resource.plural, name = %node.name, "garbage collector deleted object"),
-        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-        Err(error) => tracing::warn!(%error, name = %node.name, "garbage collector delete failed"),
+        Ok(_) => {
+            tracing::info!(resource = %node.resource.plural, name = %node.name, "garbage collector deleted object");
+            true
+        }
+        // Gone already, or changed since (a newer version of it will be looked at).
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => true,
+        Err(error) => {
+            tracing::warn!(%error, name = %node.name, "garbage collector delete failed");
+            false
+        }
     }
 }
 
 /// Whether the owner is really gone: not in the graph and not found (or replaced) on the server.
-async fn owner_absent(client: &kube::Client, dependent: &Node, owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference, kinds: &HashMap<(String, String), (ApiResource, bool)>) -> bool {
-    let Some((ar, namespaced)) = kinds.get(&(owner.api_version.clone(), owner.kind.clone())).cloned().or_else(|| None) else {
+async fn owner_absent(client: &kube::Client, graph: &Graph, dependent: &Node, owner: &OwnerReference) -> bool {
+    let Some((ar, namespaced)) = graph.resource_for(&owner.api_version, &owner.kind) else {
         let (group, version) = match owner.api_version.split_once('/') {
             Some((g, v)) => (g.to_string(), v.to_string()),
             None => (String::new(), owner.api_version.clone()),
@@ -68,7 +76,7 @@ async fn owner_absent(client: &kube::Client, dependent: &Node, owner: &k8s_opena
     lookup_absent(client, dependent, owner, &ar, namespaced).await
 }
 
-async fn lookup_absent(client: &kube::Client, dependent: &Node, owner: &k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference, ar: &ApiResource, namespaced: bool) -> bool {
+async fn lookup_absent(client: &kube::Client, dependent: &Node, owner: &OwnerReference, ar: &ApiResource, namespaced: bool) -> bool {
     let api: Api<DynamicObject> = match (&dependent.namespace, namespaced) {
         (Some(ns), true) => Api::namespaced_with(client.clone(), ns, ar),
         (None, true) => return true,
@@ -81,19 +89,17 @@ async fn lookup_absent(client: &kube::Client, dependent: &Node, owner: &k8s_open
     }
 }
 
+/// One pass: owners being deleted (few), then the objects whose owners changed or went away
+/// since the last pass. Nothing here walks the whole cluster.
 pub async fn reconcile(client: &kube::Client, graph: &Graph) {
-    let nodes = graph.snapshot();
-    let mut dependents: HashMap<&str, Vec<&Node>> = HashMap::new();
-    let mut kinds: HashMap<(String, String), (ApiResource, bool)> = HashMap::new();
-    for node in &nodes {
-        kinds.entry((node.resource.api_version.clone(), node.resource.kind.clone())).or_insert((node.resource.clone(), node.namespaced));
-        for owner in &node.owners {
-            dependents.entry(owner.uid.as_str()).or_default().push(node);
+    for node in graph.deleting() {
+        let is_orphaning = node.finalizers.iter().any(|f| f == ORPHAN);
+        let is_foreground = node.finalizers.iter().any(|f| f == FOREGROUND);
+        if !is_orphaning && !is_foreground {
+            continue;
         }
-    }
-    for node in nodes.iter().filter(|n| n.deleting) {
-        let deps = dependents.get(node.uid.as_str()).cloned().unwrap_or_default();
-        if node.finalizers.iter().any(|f| f == ORPHAN) {
+        let deps = graph.dependents_of(&node.uid);
+        if is_orphaning {
             let mut all_released = true;
             for dep in &deps {
                 let kept: Vec<_> = dep.owners.iter().filter(|o| o.uid != node.uid).collect();
@@ -103,35 +109,35 @@ pub async fn reconcile(client: &kube::Client, graph: &Graph) {
                 }
             }
             if all_released {
-                remove_finalizer(client, node, ORPHAN).await;
+                remove_finalizer(client, &node, ORPHAN).await;
             }
-        } else if node.finalizers.iter().any(|f| f == FOREGROUND) {
+        } else {
             for dep in deps.iter().filter(|d| !d.deleting) {
                 delete(client, dep, kube::api::PropagationPolicy::Foreground).await;
             }
             if deps.is_empty() {
-                remove_finalizer(client, node, FOREGROUND).await;
+                remove_finalizer(client, &node, FOREGROUND).await;
             }
         }
     }
     if !graph.synced() {
-        // Until every resource has listed, a missing owner may just not be seen yet.
+        // Until every resource has listed, a missing owner may just not be seen yet; the dirty
+        // set keeps until then.
         return;
     }
-    for node in nodes.iter().filter(|n| !n.deleting && !n.owners.is_empty()) {
-        if node.owners.iter().any(|o| graph.contains_uid(&o.uid)) {
+    for node in graph.take_dirty() {
+        if node.deleting || node.owners.is_empty() || node.owners.iter().any(|o| graph.contains_uid(&o.uid)) {
             continue;
         }
         let mut all_absent = true;
         for owner in &node.owners {
-            if !owner_absent(client, node, owner, &kinds).await {
+            if !owner_absent(client, graph, &node, owner).await {
                 all_absent = false;
                 break;
             }
         }
-        if all_absent {
-            delete(client, node, kube::api::PropagationPolicy::Background).await;
+        if all_absent && !delete(client, &node, kube::api::PropagationPolicy::Background).await {
+            graph.mark_dirty(&node.uid);
         }
     }
 }
-

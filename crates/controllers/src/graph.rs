@@ -10,13 +10,15 @@ use std::time::Duration;
 use futures_util::StreamExt;
 use kube::api::{Api, ApiResource, DynamicObject};
 use kube::discovery::{Discovery, Scope, verbs};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use kube::core::PartialObjectMeta;
 use kube::runtime::{WatchStreamExt, watcher};
 use tokio::sync::watch;
 
 /// What the graph keeps of one object.
 #[derive(Clone, Debug)]
 pub struct Node {
-    pub resource: ApiResource,
+    pub resource: Arc<ApiResource>,
     pub namespaced: bool,
     pub namespace: Option<String>,
     pub name: String,
@@ -27,12 +29,64 @@ pub struct Node {
     pub resource_version: String,
 }
 
+impl Node {
+    pub fn is_namespace(&self) -> bool {
+        self.resource.api_version == "v1" && self.resource.kind == "Namespace"
+    }
+}
+
+/// The nodes plus the indexes controllers query, all kept up to date on every change so a pass
+/// costs what changed, not the size of the cluster.
 #[derive(Default)]
 struct State {
     nodes: HashMap<String, Node>,
+    /// Owner uid -> uids of the objects that name it in ownerReferences.
+    dependents: HashMap<String, HashSet<String>>,
+    /// Uids of objects with a deletionTimestamp.
+    deleting: HashSet<String>,
+    /// Uids the garbage collector should look at: objects whose owners changed or went away.
+    dirty: HashSet<String>,
+    /// (apiVersion, kind) -> resource, for every resource watched.
+    kinds: HashMap<(String, String), (Arc<ApiResource>, bool)>,
     /// Resources whose watcher has delivered its initial list.
     synced: HashSet<String>,
     watched: HashSet<String>,
+}
+
+impl State {
+    fn insert(&mut self, node: Node) {
+        self.remove(&node.uid.clone(), false);
+        for owner in &node.owners {
+            self.dependents.entry(owner.uid.clone()).or_default().insert(node.uid.clone());
+        }
+        if node.deleting {
+            self.deleting.insert(node.uid.clone());
+        }
+        if !node.owners.is_empty() {
+            self.dirty.insert(node.uid.clone());
+        }
+        self.nodes.insert(node.uid.clone(), node);
+    }
+
+    /// Forgets `uid`; when it is really gone (`gone`), its dependents need a look.
+    fn remove(&mut self, uid: &str, gone: bool) {
+        let Some(old) = self.nodes.remove(uid) else { return };
+        for owner in &old.owners {
+            if let Some(set) = self.dependents.get_mut(&owner.uid) {
+                set.remove(uid);
+                if set.is_empty() {
+                    self.dependents.remove(&owner.uid);
+                }
+            }
+        }
+        self.deleting.remove(uid);
+        if gone {
+            self.dirty.remove(uid);
+            if let Some(deps) = self.dependents.get(uid) {
+                self.dirty.extend(deps.iter().cloned());
+            }
+        }
+    }
 }
 
 #[derive(Clone)]
@@ -78,12 +132,18 @@ impl Graph {
 
     fn watch(&self, client: kube::Client, ar: ApiResource, namespaced: bool) {
         let key = resource_key(&ar);
-        if !self.lock().watched.insert(key.clone()) {
-            return;
+        let ar = Arc::new(ar);
+        {
+            let mut state = self.lock();
+            if !state.watched.insert(key.clone()) {
+                return;
+            }
+            state.kinds.insert((ar.api_version.clone(), ar.kind.clone()), (ar.clone(), namespaced));
         }
         let g = self.clone();
         tokio::spawn(async move {
-            let api: Api<DynamicObject> = Api::all_with(client, &ar);
+            // Metadata is all the graph keeps, so it asks for nothing more.
+            let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client, &*ar);
             let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
             let mut fresh: HashMap<String, Node> = HashMap::new();
             while let Some(event) = stream.next().await {
@@ -98,23 +158,28 @@ impl Graph {
                 match event {
                     watcher::Event::Init => fresh.clear(),
                     watcher::Event::InitApply(obj) => {
-                        if let Some(node) = to_node(&ar, namespaced, &obj) {
+                        if let Some(node) = to_node(&ar, namespaced, &obj.metadata) {
                             fresh.insert(node.uid.clone(), node);
                         }
                     }
                     watcher::Event::InitDone => {
-                        state.nodes.retain(|_, n| resource_key(&n.resource) != key);
-                        state.nodes.extend(fresh.drain());
+                        let stale: Vec<String> = state.nodes.values().filter(|n| Arc::ptr_eq(&n.resource, &ar) && !fresh.contains_key(&n.uid)).map(|n| n.uid.clone()).collect();
+                        for uid in stale {
+                            state.remove(&uid, true);
+                        }
+                        for (_, node) in fresh.drain() {
+                            state.insert(node);
+                        }
                         state.synced.insert(key.clone());
                     }
                     watcher::Event::Apply(obj) => {
-                        if let Some(node) = to_node(&ar, namespaced, &obj) {
-                            state.nodes.insert(node.uid.clone(), node);
+                        if let Some(node) = to_node(&ar, namespaced, &obj.metadata) {
+                            state.insert(node);
                         }
                     }
                     watcher::Event::Delete(obj) => {
                         if let Some(uid) = obj.metadata.uid.as_ref() {
-                            state.nodes.remove(uid);
+                            state.remove(uid, true);
                         }
                     }
                 }
@@ -149,17 +214,46 @@ impl Graph {
         !state.watched.is_empty() && state.watched.iter().all(|k| state.synced.contains(k))
     }
 
-    pub fn snapshot(&self) -> Vec<Node> {
-        self.lock().nodes.values().cloned().collect()
-    }
-
     pub fn contains_uid(&self, uid: &str) -> bool {
         self.lock().nodes.contains_key(uid)
     }
+
+    /// Objects being deleted.
+    pub fn deleting(&self) -> Vec<Node> {
+        let state = self.lock();
+        state.deleting.iter().filter_map(|uid| state.nodes.get(uid).cloned()).collect()
+    }
+
+    /// Objects whose ownerReferences name `uid`.
+    pub fn dependents_of(&self, uid: &str) -> Vec<Node> {
+        let state = self.lock();
+        state.dependents.get(uid).map(|deps| deps.iter().filter_map(|d| state.nodes.get(d).cloned()).collect()).unwrap_or_default()
+    }
+
+    /// Takes the objects whose owners changed or went away since the last call.
+    pub fn take_dirty(&self) -> Vec<Node> {
+        let mut state = self.lock();
+        let dirty = std::mem::take(&mut state.dirty);
+        dirty.into_iter().filter_map(|uid| state.nodes.get(&uid).cloned()).collect()
+    }
+
+    /// Asks for another look at `uid` on the next pass (after a failed attempt).
+    pub fn mark_dirty(&self, uid: &str) {
+        self.lock().dirty.insert(uid.to_string());
+    }
+
+    /// The watched resource serving `kind` in `api_version`, and whether it is namespaced.
+    pub fn resource_for(&self, api_version: &str, kind: &str) -> Option<(Arc<ApiResource>, bool)> {
+        self.lock().kinds.get(&(api_version.to_string(), kind.to_string())).cloned()
+    }
+
+    /// Every object in namespace `ns` (a scan: only for namespaces being deleted).
+    pub fn in_namespace(&self, ns: &str) -> Vec<Node> {
+        self.lock().nodes.values().filter(|n| n.namespaced && n.namespace.as_deref() == Some(ns)).cloned().collect()
+    }
 }
 
-fn to_node(ar: &ApiResource, namespaced: bool, obj: &DynamicObject) -> Option<Node> {
-    let meta = &obj.metadata;
+fn to_node(ar: &Arc<ApiResource>, namespaced: bool, meta: &ObjectMeta) -> Option<Node> {
     Some(Node {
         resource: ar.clone(),
         namespaced,

@@ -19,16 +19,11 @@ pub async fn run(client: kube::Client, graph: Graph) {
 }
 
 pub async fn reconcile(client: &kube::Client, graph: &Graph) {
-    let nodes = graph.snapshot();
-    let terminating: Vec<String> = nodes
-        .iter()
-        .filter(|n| n.resource.api_version == "v1" && n.resource.kind == "Namespace" && n.deleting)
-        .map(|n| n.name.clone())
-        .collect();
+    let terminating: Vec<String> = graph.deleting().into_iter().filter(|n| n.is_namespace()).map(|n| n.name).collect();
     for ns in terminating {
-        let contents: Vec<_> = nodes.iter().filter(|n| n.namespaced && n.namespace.as_deref() == Some(ns.as_str())).collect();
+        let contents = graph.in_namespace(&ns);
         for node in contents.iter().filter(|n| !n.deleting) {
-            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &node.resource);
+            let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &*node.resource);
             match api.delete(&node.name, &DeleteParams::background()).await {
                 Ok(_) => {}
                 Err(kube::Error::Api(e)) if e.code == 404 => {}
