@@ -20,8 +20,10 @@ use tokio::sync::broadcast;
 
 use crate::objects;
 
-/// Events kept per resource for watches that start slightly in the past.
-const WINDOW: usize = 1024;
+/// Events kept per resource for watches that start slightly in the past. The window holds the
+/// raw events only (their bytes are shared with the store), not what watchers derived from them,
+/// so it costs little memory.
+const WINDOW: usize = 512;
 /// Events a slow watcher may fall behind the live feed before it is moved to the store.
 const FANOUT_BUFFER: usize = 1024;
 
@@ -114,8 +116,15 @@ struct Feed {
 struct Window {
     /// Every change after this revision is in `events` (or was, until the feed ended).
     complete_after: Revision,
-    events: VecDeque<Arc<CachedEvent>>,
+    events: VecDeque<Event>,
     ended: bool,
+}
+
+impl Window {
+    /// The events after `after` under `prefix`, for a watcher joining or catching up.
+    fn replay(&self, after: Revision, prefix: &str) -> VecDeque<Arc<CachedEvent>> {
+        self.events.iter().filter(|e| e.revision() > after && e.kv.key.starts_with(prefix)).map(|e| Arc::new(CachedEvent::new(e.clone()))).collect()
+    }
 }
 
 impl WatchCache {
@@ -139,7 +148,7 @@ impl WatchCache {
         // Subscribing under the window lock means every event is either in the window now or
         // arrives on the receiver; the overlap is skipped by revision.
         let live = feed.fanout.subscribe();
-        let backlog: VecDeque<Arc<CachedEvent>> = window.events.iter().filter(|e| e.revision() > after && e.event.kv.key.starts_with(prefix)).cloned().collect();
+        let backlog = window.replay(after, prefix);
         drop(window);
         Ok(CacheWatch { store: self.store.clone(), prefix: prefix.to_string(), seen: after, backlog, source: Source::Shared { feed, live } })
     }
@@ -169,7 +178,6 @@ impl WatchCache {
                 let mut window = feed.window.write().unwrap_or_else(|e| e.into_inner());
                 match next {
                     Some(Ok(event)) => {
-                        let event = Arc::new(CachedEvent::new(event));
                         if window.events.len() == WINDOW
                             && let Some(oldest) = window.events.pop_front()
                         {
@@ -177,7 +185,7 @@ impl WatchCache {
                         }
                         window.events.push_back(event.clone());
                         // No receivers is fine: the window still serves the next watcher.
-                        let _ = feed.fanout.send(event);
+                        let _ = feed.fanout.send(Arc::new(CachedEvent::new(event)));
                     }
                     // The store closed or the feed fell behind compaction: watchers move to the
                     // store, which gives each the right answer for its own position.
@@ -254,7 +262,7 @@ impl CacheWatch {
         let window = feed.window.read().unwrap_or_else(|e| e.into_inner());
         if !window.ended && self.seen >= window.complete_after {
             let live = feed.fanout.subscribe();
-            self.backlog = window.events.iter().filter(|e| e.revision() > self.seen && e.event.kv.key.starts_with(&self.prefix)).cloned().collect();
+            self.backlog = window.replay(self.seen, &self.prefix);
             drop(window);
             self.source = Source::Shared { feed, live };
             return Ok(());
@@ -302,7 +310,7 @@ mod tests {
 
         // A watch starting in the recent past is served from the window.
         let mut late = cache.watch("/registry/core/configmaps/", "/registry/core/configmaps/", start).unwrap();
-        assert!(Arc::ptr_eq(&late.next().await.unwrap().unwrap(), &from_a));
+        assert_eq!(late.next().await.unwrap().unwrap().revision(), from_a.revision());
         // One from before the window's start reads the store.
         let _ = std::fs::remove_dir_all(dir);
     }

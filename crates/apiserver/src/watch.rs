@@ -3,6 +3,7 @@
 //! (an object that stops matching is DELETED for this watcher), bookmarks, and 410 for a start
 //! revision that was compacted.
 
+use std::borrow::Cow;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -179,7 +180,12 @@ fn translate(event: &CachedEvent, filter: &Filter, encoder: &mut Encoder) -> Opt
         // The common case: the stored bytes go out as they are, serialized once for all watchers.
         return Some(event.json_line(event.natural_type()));
     }
-    let served = |obj: Option<&Value>| obj.map(|o| def.from_storage(o.clone()));
+    // Borrowed from the shared event unless this version needs a converted copy.
+    fn served<'a>(def: &ResourceDef, obj: Option<&'a Value>) -> Option<Cow<'a, Value>> {
+        let obj = obj?;
+        Some(if def.conversion == Conversion::None { Cow::Borrowed(obj) } else { Cow::Owned(def.from_storage(obj.clone())) })
+    }
+    let served = |obj| served(&def, obj);
     match event.event.kind {
         EventKind::Put => {
             let obj = served(event.object())?;
