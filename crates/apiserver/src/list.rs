@@ -24,6 +24,8 @@ pub struct Filter {
     fields: Option<selectors::FieldSelector>,
     group: String,
     kind: String,
+    /// A custom resource's selectableFields.
+    custom_fields: Vec<String>,
 }
 
 impl Filter {
@@ -39,13 +41,15 @@ impl Filter {
             Some(s) => {
                 let sel = selectors::FieldSelector::parse(s).map_err(|e| ApiError::bad_request(e.to_string()))?;
                 for field in sel.fields() {
-                    selectors::validate_field(&def.group, &def.kind, field).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                    if !def.selectable_fields.iter().any(|f| f == field) {
+                        selectors::validate_field(&def.group, &def.kind, field).map_err(|e| ApiError::bad_request(e.to_string()))?;
+                    }
                 }
                 Some(sel)
             }
             None => None,
         };
-        Ok(Self { labels, fields, group: def.group.clone(), kind: def.kind.clone() })
+        Ok(Self { labels, fields, group: def.group.clone(), kind: def.kind.clone(), custom_fields: def.selectable_fields.clone() })
     }
 
     pub fn with_name(mut self, name: &str) -> ApiResult<Self> {
@@ -71,7 +75,14 @@ impl Filter {
         if let Some(fields) = &self.fields {
             let group = &self.group;
             let kind = &self.kind;
-            if !fields.matches(|f| selectors::field_value(group, kind, obj, f).ok().flatten()) {
+            let value_of = |f: &str| {
+                if self.custom_fields.iter().any(|c| c == f) {
+                    selectors::path_value(obj, f)
+                } else {
+                    selectors::field_value(group, kind, obj, f).ok().flatten()
+                }
+            };
+            if !fields.matches(value_of) {
                 return false;
             }
         }

@@ -47,6 +47,9 @@ pub struct ResourceDef {
     pub schema: Option<Arc<Value>>,
     /// Set for custom resources: `additionalPrinterColumns` of this version.
     pub printer_columns: Option<Arc<Value>>,
+    /// Custom resources: fields usable in field selectors besides metadata.name/namespace
+    /// (`selectableFields`, as `spec.color`).
+    pub selectable_fields: Vec<String>,
     pub custom: bool,
 }
 
@@ -204,6 +207,7 @@ fn builtin_defs() -> Vec<ResourceDef> {
             conversion: r.stored_as.map_or(Conversion::None, |(_, _, c)| c),
             schema: None,
             printer_columns: None,
+            selectable_fields: Vec::new(),
             custom: false,
         })
         .collect()

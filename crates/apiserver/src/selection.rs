@@ -278,6 +278,16 @@ pub fn validate_field(group: &str, kind: &str, field: &str) -> Result<(), Select
     }
 }
 
+/// The value at a dotted path (`spec.color`), rendered for matching: strings as they are, other
+/// scalars in their JSON form.
+pub fn path_value(obj: &Value, field: &str) -> Option<String> {
+    obj.pointer(&format!("/{}", field.replace('.', "/"))).map(|v| match v {
+        Value::String(s) => s.clone(),
+        Value::Null => String::new(),
+        other => other.to_string(),
+    })
+}
+
 /// The value of a selectable field of `obj`, as upstream renders it for matching.
 pub fn field_value(group: &str, kind: &str, obj: &Value, field: &str) -> Result<Option<String>, SelectorError> {
     validate_field(group, kind, field)?;
@@ -297,7 +307,7 @@ pub fn field_value(group: &str, kind: &str, obj: &Value, field: &str) -> Result<
         ("ReplicaSet" | "ReplicationController", "status.replicas") | ("Job", "status.successful") => {
             Some(obj.pointer(&format!("/{}", field.replace('.', "/"))).and_then(Value::as_i64).unwrap_or(0).to_string())
         }
-        _ => obj.pointer(&format!("/{}", field.replace('.', "/"))).map(text),
+        _ => path_value(obj, field),
     };
     Ok(value)
 }

@@ -266,6 +266,8 @@ spec:
     subresources: {status: {}, scale: {specReplicasPath: .spec.replicas, statusReplicasPath: .status.replicas}}
     additionalPrinterColumns:
     - {name: Size, type: integer, jsonPath: .spec.size}
+    selectableFields:
+    - {jsonPath: .spec.color}
     schema:
       openAPIV3Schema:
         type: object
@@ -276,6 +278,7 @@ spec:
             properties:
               size: {type: integer, minimum: 1}
               replicas: {type: integer}
+              color: {type: string, pattern: '^[a-z]+$', default: red}
           status:
             type: object
             properties:
@@ -293,6 +296,12 @@ spec:
     assert!(table.contains("SIZE") && table.contains("w1"), "{table}");
     s.ok(&["scale", "widget/w1", "--replicas=4"]);
     assert_eq!(s.get_json(&["widget", "w1"])["spec"]["replicas"], 4);
+    // Schema defaults, patterns and selectable fields.
+    assert_eq!(s.get_json(&["widget", "w1"])["spec"]["color"], "red");
+    s.ok_stdin(&["apply", "-f", "-"], &widget.replace("w1", "w2").replace("replicas: 1", "color: blue"));
+    assert_eq!(s.ok(&["get", "widgets", "--field-selector", "spec.color=blue", "-o", "name"]).trim(), "widget.example.com/w2");
+    let err = s.kubectl_stdin(&["apply", "-f", "-"], &widget.replace("w1", "w3").replace("replicas: 1", "color: Blue"));
+    assert!(String::from_utf8_lossy(&err.stderr).contains("spec.color in body should match '^[a-z]+$'"), "{}", String::from_utf8_lossy(&err.stderr));
     let err = s.kubectl_stdin(&["apply", "-f", "-"], &widget.replace("size: 3", "size: 0"));
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("spec.size"), "{}", String::from_utf8_lossy(&err.stderr));
