@@ -5,14 +5,18 @@
 //! shared by the garbage collector), [`garbage_collector`] (background, foreground and orphan
 //! deletion), [`namespace`] (emptying a terminating namespace, then finalizing it).
 
+pub mod cache;
 pub mod garbage_collector;
 pub mod graph;
+pub mod labels;
 pub mod namespace;
+pub mod replicaset;
+pub mod workqueue;
 
 use std::time::Duration;
 
 /// Runs every controller until the process ends.
 pub async fn run_all(client: kube::Client) {
     let graph = graph::Graph::start(client.clone(), Duration::from_secs(15));
-    tokio::join!(garbage_collector::run(client.clone(), graph.clone()), namespace::run(client, graph));
+    tokio::join!(garbage_collector::run(client.clone(), graph.clone()), namespace::run(client.clone(), graph), replicaset::run(client));
 }

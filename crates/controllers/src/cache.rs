@@ -1,0 +1,175 @@
+//! An informer: a watch-fed, in-memory copy of one resource with the indexes controllers query
+//! (by namespace, by controlling owner), and a callback per change that feeds work queues.
+
+use std::collections::{HashMap, HashSet};
+use std::fmt::Debug;
+use std::sync::{Arc, RwLock};
+
+use futures_util::StreamExt;
+use kube::api::Api;
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Resource, ResourceExt};
+use serde::de::DeserializeOwned;
+use tokio::sync::watch;
+
+type Key = (String, String);
+
+pub struct Cache<K> {
+    state: Arc<RwLock<State<K>>>,
+    synced: watch::Receiver<bool>,
+}
+
+impl<K> Clone for Cache<K> {
+    fn clone(&self) -> Self {
+        Self { state: self.state.clone(), synced: self.synced.clone() }
+    }
+}
+
+struct State<K> {
+    objects: HashMap<Key, Arc<K>>,
+    by_namespace: HashMap<String, HashSet<String>>,
+    by_controller: HashMap<String, HashSet<Key>>,
+}
+
+impl<K> Default for State<K> {
+    fn default() -> Self {
+        Self { objects: HashMap::new(), by_namespace: HashMap::new(), by_controller: HashMap::new() }
+    }
+}
+
+fn key_of<K: Resource>(obj: &K) -> Key {
+    (obj.namespace().unwrap_or_default(), obj.name_any())
+}
+
+fn controller_uid<K: Resource>(obj: &K) -> Option<String> {
+    obj.meta().owner_references.as_ref()?.iter().find(|o| o.controller == Some(true)).map(|o| o.uid.clone())
+}
+
+impl<K: Resource> State<K> {
+    fn insert(&mut self, obj: Arc<K>) -> Option<Arc<K>> {
+        let key = key_of(obj.as_ref());
+        let old = self.remove(&key);
+        self.by_namespace.entry(key.0.clone()).or_default().insert(key.1.clone());
+        if let Some(uid) = controller_uid(obj.as_ref()) {
+            self.by_controller.entry(uid).or_default().insert(key.clone());
+        }
+        self.objects.insert(key, obj);
+        old
+    }
+
+    fn remove(&mut self, key: &Key) -> Option<Arc<K>> {
+        let old = self.objects.remove(key)?;
+        if let Some(names) = self.by_namespace.get_mut(&key.0) {
+            names.remove(&key.1);
+            if names.is_empty() {
+                self.by_namespace.remove(&key.0);
+            }
+        }
+        if let Some(uid) = controller_uid(old.as_ref())
+            && let Some(keys) = self.by_controller.get_mut(&uid)
+        {
+            keys.remove(key);
+            if keys.is_empty() {
+                self.by_controller.remove(&uid);
+            }
+        }
+        Some(old)
+    }
+}
+
+/// What changed: `(old, new)`; `new` is `None` for a delete.
+pub type OnChange<K> = Box<dyn Fn(Option<&K>, Option<&K>) + Send + Sync>;
+
+impl<K> Cache<K>
+where
+    K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
+    K::DynamicType: Default,
+{
+    /// Starts watching `api`; `on_change` runs after the cache holds the change.
+    pub fn spawn(api: Api<K>, on_change: OnChange<K>) -> Self {
+        let state: Arc<RwLock<State<K>>> = Arc::default();
+        let (synced_tx, synced) = watch::channel(false);
+        let cache = Self { state: state.clone(), synced };
+        tokio::spawn(async move {
+            let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
+            let mut fresh: Vec<Arc<K>> = Vec::new();
+            while let Some(event) = stream.next().await {
+                let event = match event {
+                    Ok(e) => e,
+                    Err(error) => {
+                        tracing::debug!(%error, "informer watch error; retrying");
+                        continue;
+                    }
+                };
+                match event {
+                    watcher::Event::Init => fresh.clear(),
+                    watcher::Event::InitApply(obj) => fresh.push(Arc::new(obj)),
+                    watcher::Event::InitDone => {
+                        let mut changes = Vec::new();
+                        {
+                            let mut st = state.write().unwrap_or_else(|e| e.into_inner());
+                            let keep: HashSet<Key> = fresh.iter().map(|o| key_of(o.as_ref())).collect();
+                            let gone: Vec<Key> = st.objects.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+                            for key in gone {
+                                if let Some(old) = st.remove(&key) {
+                                    changes.push((Some(old), None));
+                                }
+                            }
+                            for obj in fresh.drain(..) {
+                                let old = st.insert(obj.clone());
+                                changes.push((old, Some(obj)));
+                            }
+                        }
+                        let _ = synced_tx.send(true);
+                        for (old, new) in changes {
+                            on_change(old.as_deref(), new.as_deref());
+                        }
+                    }
+                    watcher::Event::Apply(obj) => {
+                        let obj = Arc::new(obj);
+                        let old = state.write().unwrap_or_else(|e| e.into_inner()).insert(obj.clone());
+                        on_change(old.as_deref(), Some(obj.as_ref()));
+                    }
+                    watcher::Event::Delete(obj) => {
+                        let removed = state.write().unwrap_or_else(|e| e.into_inner()).remove(&key_of(&obj));
+                        on_change(removed.as_deref().or(Some(&obj)), None);
+                    }
+                }
+            }
+        });
+        cache
+    }
+}
+
+impl<K: Resource> Cache<K> {
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, State<K>> {
+        self.state.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Waits until the initial list has arrived.
+    pub async fn synced(&self) {
+        let mut rx = self.synced.clone();
+        let _ = rx.wait_for(|s| *s).await;
+    }
+
+    pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
+        self.read().objects.get(&(namespace.to_string(), name.to_string())).cloned()
+    }
+
+    pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
+        let state = self.read();
+        let Some(names) = state.by_namespace.get(namespace) else { return vec![] };
+        names.iter().filter_map(|n| state.objects.get(&(namespace.to_string(), n.clone())).cloned()).collect()
+    }
+
+    /// Objects whose controlling ownerReference has `uid`.
+    pub fn controlled_by(&self, uid: &str) -> Vec<Arc<K>> {
+        let state = self.read();
+        let Some(keys) = state.by_controller.get(uid) else { return vec![] };
+        keys.iter().filter_map(|k| state.objects.get(k).cloned()).collect()
+    }
+
+    pub fn all(&self) -> Vec<Arc<K>> {
+        self.read().objects.values().cloned().collect()
+    }
+}
