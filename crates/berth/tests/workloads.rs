@@ -73,3 +73,90 @@ fn replicaset_keeps_its_count_adopts_and_reports() {
     s.ok(&["delete", "rs", "web"]);
     wait_for("pods of the deleted ReplicaSet gone", || pods(&s, "app=web").is_empty());
 }
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 3
+  selector: {matchLabels: {app: web}}
+  strategy: {type: RollingUpdate, rollingUpdate: {maxSurge: 1, maxUnavailable: 3}}
+  template:
+    metadata: {labels: {app: web}}
+    spec: {containers: [{name: web, image: "busybox:1"}]}
+"#;
+
+fn replicasets(s: &Server) -> Vec<Value> {
+    s.get_json(&["rs", "-l", "app=web"])["items"].as_array().cloned().unwrap_or_default()
+}
+
+fn rs_with_image<'a>(sets: &'a [Value], image: &str) -> Option<&'a Value> {
+    sets.iter().find(|rs| rs["spec"]["template"]["spec"]["containers"][0]["image"] == image)
+}
+
+#[test]
+fn deployment_rolls_revisions_and_rolls_back() {
+    let s = server();
+    s.ok_stdin(&["apply", "-f", "-"], DEPLOYMENT);
+    wait_for("first replica set with 3 pods", || {
+        let sets = replicasets(&s);
+        sets.len() == 1 && sets[0]["status"]["replicas"] == 3 && live_pods(&s, "app=web").len() == 3
+    });
+    let first = replicasets(&s)[0].clone();
+    assert_eq!(first["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "1");
+    let hash = first["metadata"]["labels"]["pod-template-hash"].as_str().unwrap().to_string();
+    assert_eq!(first["metadata"]["name"], format!("web-{hash}"));
+    assert!(live_pods(&s, "app=web").iter().all(|p| p["metadata"]["labels"]["pod-template-hash"] == hash.as_str()));
+
+    s.ok(&["set", "image", "deployment/web", "web=busybox:2"]);
+    wait_for("rolled to the second template", || {
+        let sets = replicasets(&s);
+        let new = rs_with_image(&sets, "busybox:2");
+        let old = rs_with_image(&sets, "busybox:1");
+        new.is_some_and(|n| n["spec"]["replicas"] == 3 && n["status"]["replicas"] == 3) && old.is_some_and(|o| o["spec"]["replicas"] == 0)
+    });
+    let deploy = s.get_json(&["deployment", "web"]);
+    assert_eq!(deploy["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "2");
+    wait_for("deployment status", || {
+        let d = s.get_json(&["deployment", "web"]);
+        d["status"]["updatedReplicas"] == 3 && d["status"]["replicas"] == 3 && d["status"]["observedGeneration"] == d["metadata"]["generation"]
+    });
+    let history = s.ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.contains('1') && history.contains('2'), "{history}");
+
+    s.ok(&["rollout", "undo", "deployment/web"]);
+    wait_for("back on the first replica set as revision 3", || {
+        let sets = replicasets(&s);
+        rs_with_image(&sets, "busybox:1").is_some_and(|rs| rs["spec"]["replicas"] == 3 && rs["metadata"]["annotations"]["deployment.kubernetes.io/revision"] == "3")
+            && rs_with_image(&sets, "busybox:2").is_some_and(|rs| rs["spec"]["replicas"] == 0)
+    });
+    assert_eq!(replicasets(&s).len(), 2, "the rollback reuses the old replica set");
+
+    s.ok(&["scale", "deployment", "web", "--replicas=5"]);
+    wait_for("scaled to 5", || live_pods(&s, "app=web").len() == 5);
+
+    // Paused: template changes wait; resume rolls them out.
+    s.ok(&["rollout", "pause", "deployment/web"]);
+    s.ok(&["set", "image", "deployment/web", "web=busybox:3"]);
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(rs_with_image(&replicasets(&s), "busybox:3").is_none(), "a paused deployment must not roll");
+    wait_for("paused condition", || {
+        s.get_json(&["deployment", "web"])["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["reason"] == "DeploymentPaused"))
+    });
+    s.ok(&["rollout", "resume", "deployment/web"]);
+    // No pod here ever becomes available (no nodes), so the rollout goes as far as maxUnavailable
+    // allows and waits, as upstream's does.
+    wait_for("rolling after resume", || rs_with_image(&replicasets(&s), "busybox:3").is_some_and(|rs| rs["spec"]["replicas"].as_i64().unwrap_or(0) >= 1));
+
+    // Recreate: old pods go before new ones come.
+    s.ok(&["patch", "deployment", "web", "--type=merge", "-p", r#"{"spec":{"strategy":{"type":"Recreate","rollingUpdate":null}}}"#]);
+    s.ok(&["set", "image", "deployment/web", "web=busybox:4"]);
+    wait_for("recreated", || {
+        let sets = replicasets(&s);
+        rs_with_image(&sets, "busybox:4").is_some_and(|rs| rs["status"]["replicas"] == 5) && sets.iter().filter(|rs| rs["spec"]["replicas"] != 0).count() == 1
+    });
+
+    s.ok(&["delete", "deployment", "web"]);
+    wait_for("cascade to replica sets and pods", || replicasets(&s).is_empty() && pods(&s, "app=web").is_empty());
+}

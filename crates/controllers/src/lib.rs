@@ -6,6 +6,7 @@
 //! deletion), [`namespace`] (emptying a terminating namespace, then finalizing it).
 
 pub mod cache;
+pub mod deployment;
 pub mod garbage_collector;
 pub mod graph;
 pub mod labels;
@@ -18,5 +19,5 @@ use std::time::Duration;
 /// Runs every controller until the process ends.
 pub async fn run_all(client: kube::Client) {
     let graph = graph::Graph::start(client.clone(), Duration::from_secs(15));
-    tokio::join!(garbage_collector::run(client.clone(), graph.clone()), namespace::run(client.clone(), graph), replicaset::run(client));
+    tokio::join!(garbage_collector::run(client.clone(), graph.clone()), namespace::run(client.clone(), graph), replicaset::run(client.clone()), deployment::run(client));
 }
