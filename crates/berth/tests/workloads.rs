@@ -160,3 +160,49 @@ fn deployment_rolls_revisions_and_rolls_back() {
     s.ok(&["delete", "deployment", "web"]);
     wait_for("cascade to replica sets and pods", || replicasets(&s).is_empty() && pods(&s, "app=web").is_empty());
 }
+
+#[test]
+fn namespaces_get_a_default_service_account() {
+    let s = server();
+    s.ok(&["create", "namespace", "team"]);
+    wait_for("default service account", || s.kubectl(&["-n", "team", "get", "serviceaccount", "default"]).status.success());
+    s.ok(&["-n", "team", "delete", "serviceaccount", "default"]);
+    wait_for("default service account recreated", || s.kubectl(&["-n", "team", "get", "serviceaccount", "default"]).status.success());
+}
+
+#[test]
+fn services_get_endpoints_and_slices_of_their_pods() {
+    let s = server();
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "web"},
+            "spec": {"selector": {"app": "web"}, "ports": [{"name": "http", "port": 80, "targetPort": "http"}]}}"#,
+    );
+    for (name, ip, ready) in [("a", "10.244.0.10", "True"), ("b", "10.244.0.11", "False")] {
+        s.ok_stdin(
+            &["apply", "-f", "-"],
+            &format!(r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}", "labels": {{"app": "web"}}}},
+                "spec": {{"nodeName": "n1", "containers": [{{"name": "c", "image": "busybox", "ports": [{{"name": "http", "containerPort": 8080}}]}}]}}}}"#),
+        );
+        s.ok(&["patch", "pod", name, "--subresource=status", "--type=merge", "-p",
+            &format!(r#"{{"status": {{"phase": "Running", "podIP": "{ip}", "podIPs": [{{"ip": "{ip}"}}], "conditions": [{{"type": "Ready", "status": "{ready}"}}]}}}}"#)]);
+    }
+    wait_for("endpoints with one ready and one not-ready address", || {
+        let ep = s.get_json(&["endpoints", "web"]);
+        let subset = &ep["subsets"][0];
+        subset["addresses"][0]["ip"] == "10.244.0.10" && subset["notReadyAddresses"][0]["ip"] == "10.244.0.11" && subset["ports"][0]["port"] == 8080
+    });
+    wait_for("an endpoint slice", || {
+        let slices = s.get_json(&["endpointslices", "-l", "kubernetes.io/service-name=web"]);
+        slices["items"].as_array().is_some_and(|items| {
+            items.len() == 1 && items[0]["endpoints"].as_array().is_some_and(|e| e.len() == 2) && items[0]["ports"][0]["port"] == 8080 && items[0]["ports"][0]["name"] == "http"
+        })
+    });
+    // Readiness follows the pod.
+    s.ok(&["patch", "pod", "b", "--subresource=status", "--type=merge", "-p", r#"{"status": {"conditions": [{"type": "Ready", "status": "True"}]}}"#]);
+    wait_for("both ready", || s.get_json(&["endpoints", "web"])["subsets"][0]["addresses"].as_array().is_some_and(|a| a.len() == 2));
+    s.ok(&["delete", "service", "web"]);
+    wait_for("endpoints and slices removed with the service", || {
+        !s.kubectl(&["get", "endpoints", "web"]).status.success() && s.get_json(&["endpointslices", "-l", "kubernetes.io/service-name=web"])["items"].as_array().is_some_and(|i| i.is_empty())
+    });
+}
