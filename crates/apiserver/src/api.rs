@@ -273,6 +273,7 @@ impl Api {
             }
         }
         strategy::initial_status(def, &mut obj);
+        strategy::admit_create(def, &mut obj);
         strategy::apply_defaults(def, &mut obj);
         let name = objects::name(&obj).to_string();
         let causes = strategy::validate(def, &obj, None);

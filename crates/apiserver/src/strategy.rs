@@ -507,6 +507,32 @@ fn validate_service(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
 }
 
 /// Status a kind starts with: a client cannot set status on create.
+/// Upstream's mutating admission on create, for the plugins every cluster enables:
+/// DefaultTolerationSeconds (pods tolerate not-ready/unreachable nodes for 300 s before the
+/// node lifecycle controller evicts them) and ServiceAccount (pods run as `default`).
+pub fn admit_create(def: &ResourceDef, obj: &mut Value) {
+    if def.custom || def.group.as_str() != "" || def.kind != "Pod" {
+        return;
+    }
+    let Some(spec) = object_at(obj, &["spec"]) else { return };
+    let account = spec.get("serviceAccountName").and_then(Value::as_str).filter(|a| !a.is_empty()).or_else(|| spec.get("serviceAccount").and_then(Value::as_str).filter(|a| !a.is_empty())).unwrap_or("default").to_string();
+    spec.insert("serviceAccountName".into(), json!(account));
+    spec.insert("serviceAccount".into(), json!(account));
+    let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
+    let Some(list) = tolerations.as_array_mut() else { return };
+    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+        // Any toleration of this key with NoExecute (or every effect) already decides for the pod.
+        let covered = list.iter().any(|t| {
+            let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
+            let matches_key = t.get("key").and_then(Value::as_str) == Some(key) || (t.get("key").is_none_or(|k| k == "") && t.get("operator").and_then(Value::as_str) == Some("Exists"));
+            matches_key && (effect.is_empty() || effect == "NoExecute")
+        });
+        if !covered {
+            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+        }
+    }
+}
+
 pub fn initial_status(def: &ResourceDef, obj: &mut Value) {
     if !def.status {
         return;

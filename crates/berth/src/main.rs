@@ -57,6 +57,10 @@ pub struct ServerArgs {
     /// Do not run the controllers (garbage collector, namespace lifecycle) in this process.
     #[arg(long)]
     pub disable_controllers: bool,
+    /// How long a node may miss heartbeats before it is marked Unknown and its pods are evicted
+    /// after their tolerations (e.g. 40s).
+    #[arg(long = "node-monitor-grace-period", default_value = "40s", value_parser = parse_duration)]
+    pub node_monitor_grace_period: std::time::Duration,
 }
 
 impl ServerArgs {
@@ -128,7 +132,8 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let (running, store) = start_server(&args).await?;
     if !args.disable_controllers {
         let client = client_for(&running.kubeconfig).await?;
-        tokio::spawn(controllers::run_all(client));
+        let options = controllers::Options { node_monitor_grace_period: args.node_monitor_grace_period };
+        tokio::spawn(controllers::run_all(client, options));
     }
     tracing::info!(address = %running.addr, kubeconfig = %running.kubeconfig.display(), "berth API server is serving");
     eprintln!("berth: serving on https://{}; export KUBECONFIG={}", running.addr, running.kubeconfig.display());

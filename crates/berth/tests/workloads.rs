@@ -206,3 +206,45 @@ fn services_get_endpoints_and_slices_of_their_pods() {
         !s.kubectl(&["get", "endpoints", "web"]).status.success() && s.get_json(&["endpointslices", "-l", "kubernetes.io/service-name=web"])["items"].as_array().is_some_and(|i| i.is_empty())
     });
 }
+
+#[test]
+fn silent_nodes_become_unknown_tainted_and_their_pods_are_evicted() {
+    let s = Server::start_with(env!("CARGO_BIN_EXE_berth"), &["--node-monitor-grace-period=3s"]);
+    s.ok_stdin(
+        &["create", "-f", "-"],
+        r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}"#,
+    );
+    s.ok(&["patch", "node", "n1", "--subresource=status", "--type=merge", "-p",
+        r#"{"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": "2020-01-01T00:00:00Z"}]}}"#]);
+    // Admission gives every pod the default 300 s tolerations; this one asks for 1 s.
+    s.ok_stdin(
+        &["create", "-f", "-"],
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "quick"}, "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}],
+            "tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 1}]}}"#,
+    );
+    s.ok_stdin(&["create", "-f", "-"], r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "patient"}, "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}}"#);
+    let patient = s.get_json(&["pod", "patient"]);
+    assert_eq!(patient["spec"]["serviceAccountName"], "default");
+    let tolerations = patient["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+    assert!(tolerations.iter().any(|t| t["key"] == "node.kubernetes.io/not-ready" && t["tolerationSeconds"] == 300), "{tolerations:?}");
+    assert!(tolerations.iter().any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["tolerationSeconds"] == 300), "{tolerations:?}");
+
+    wait_for("node marked Unknown and tainted unreachable", || {
+        let node = s.get_json(&["node", "n1"]);
+        let ready = node["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Ready").cloned()).unwrap_or_default();
+        let taints = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
+        ready["status"] == "Unknown" && ready["reason"] == "NodeStatusUnknown" && taints.iter().any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute")
+    });
+    // Evicted: deleted gracefully, so it stays Terminating until a kubelet confirms, as upstream.
+    wait_for("the pod tolerating 1 s evicted", || s.get_json(&["pod", "quick"])["metadata"].get("deletionTimestamp").is_some());
+    let patient = s.get_json(&["pod", "patient"]);
+    assert!(patient["metadata"].get("deletionTimestamp").is_none(), "a pod tolerating 300 s stays for now");
+    assert!(patient["status"]["conditions"].as_array().is_none_or(|c| !c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")));
+
+    // The node comes back: a fresh heartbeat clears the taints.
+    let fresh = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();
+    s.ok(&["patch", "node", "n1", "--subresource=status", "--type=merge", "-p",
+        &format!(r#"{{"status": {{"conditions": [{{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": "{fresh}"}}]}}}}"#)]);
+    wait_for("taints removed", || s.get_json(&["node", "n1"])["spec"]["taints"].as_array().is_none_or(|t| t.is_empty()));
+}
+

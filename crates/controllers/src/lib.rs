@@ -12,14 +12,29 @@ pub mod garbage_collector;
 pub mod graph;
 pub mod labels;
 pub mod namespace;
+pub mod nodelifecycle;
 pub mod replicaset;
 pub mod serviceaccount;
 pub mod workqueue;
 
 use std::time::Duration;
 
+/// Settings of the controller manager (upstream's kube-controller-manager flags).
+#[derive(Clone, Debug)]
+pub struct Options {
+    /// How long a node may go without renewing its Lease before it is marked Unknown and tainted
+    /// unreachable (`--node-monitor-grace-period`).
+    pub node_monitor_grace_period: Duration,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self { node_monitor_grace_period: Duration::from_secs(40) }
+    }
+}
+
 /// Runs every controller until the process ends.
-pub async fn run_all(client: kube::Client) {
+pub async fn run_all(client: kube::Client, options: Options) {
     let graph = graph::Graph::start(client.clone(), Duration::from_secs(15));
     tokio::join!(
         garbage_collector::run(client.clone(), graph.clone()),
@@ -28,5 +43,6 @@ pub async fn run_all(client: kube::Client) {
         deployment::run(client.clone()),
         serviceaccount::run(client.clone()),
         endpoints::run(client.clone()),
+        nodelifecycle::run(client.clone(), options.node_monitor_grace_period),
     );
 }

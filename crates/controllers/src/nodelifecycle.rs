@@ -1,0 +1,216 @@
+//! The node lifecycle controller: a node whose kubelet stops renewing its Lease (and posting
+//! status) for the grace period becomes Unknown and tainted `node.kubernetes.io/unreachable`; a
+//! node reporting Ready=False is tainted `node.kubernetes.io/not-ready`. Pods on a node with
+//! NoExecute taints are evicted once they stop tolerating them (immediately, or after their
+//! `tolerationSeconds`, 300 s by default through admission), and are marked not Ready so
+//! Services stop sending them traffic. When the node comes back, the taints go.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint, Toleration};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
+use kube::{Client, ResourceExt};
+use serde_json::json;
+
+use crate::cache::Cache;
+
+pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
+pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
+const LEASE_NAMESPACE: &str = "kube-node-lease";
+/// How often nodes are checked (upstream's --node-monitor-period).
+const MONITOR_PERIOD: Duration = Duration::from_secs(2);
+
+pub async fn run(client: Client, grace_period: Duration) {
+    let nodes = Cache::<Node>::spawn(Api::all(client.clone()), Box::new(|_, _| {}));
+    let leases = Cache::<Lease>::spawn(Api::namespaced(client.clone(), LEASE_NAMESPACE), Box::new(|_, _| {}));
+    let pods = Cache::<Pod>::spawn(Api::all(client.clone()), Box::new(|_, _| {}));
+    nodes.synced().await;
+    leases.synced().await;
+    pods.synced().await;
+    // A node first seen now gets a full grace period, even if its last heartbeat is old (the
+    // controller may have been down, not the node).
+    let started = jiff::Timestamp::now();
+    let mut ticker = tokio::time::interval(MONITOR_PERIOD);
+    loop {
+        ticker.tick().await;
+        let now = jiff::Timestamp::now();
+        for node in nodes.all() {
+            if let Err(error) = check_node(&client, &node, &leases, grace_period, started, now).await {
+                tracing::debug!(%error, node = %node.name_any(), "node health update failed");
+            }
+        }
+        evict(&client, &nodes, &pods, now).await;
+    }
+}
+
+fn last_heartbeat(node: &Node, leases: &Cache<Lease>) -> Option<jiff::Timestamp> {
+    let lease = leases.get(LEASE_NAMESPACE, &node.name_any()).and_then(|l| l.spec.as_ref()?.renew_time.as_ref().map(|t| t.0));
+    let posted = node.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready").and_then(|c| c.last_heartbeat_time.as_ref().map(|t| t.0));
+    lease.into_iter().chain(posted).max()
+}
+
+fn ready_status(node: &Node) -> &str {
+    node.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.as_str()).unwrap_or("Unknown")
+}
+
+async fn check_node(client: &Client, node: &Node, leases: &Cache<Lease>, grace: Duration, started: jiff::Timestamp, now: jiff::Timestamp) -> Result<(), kube::Error> {
+    let api: Api<Node> = Api::all(client.clone());
+    let heartbeat = last_heartbeat(node, leases).unwrap_or(jiff::Timestamp::UNIX_EPOCH).max(started);
+    let silent = now.duration_since(heartbeat).as_secs_f64() > grace.as_secs_f64();
+    let ready = ready_status(node);
+    if silent && ready != "Unknown" {
+        // Upstream's wording, on every condition the kubelet owns.
+        let conditions: Vec<NodeCondition> = node
+            .status
+            .as_ref()
+            .and_then(|s| s.conditions.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|mut c| {
+                if matches!(c.type_.as_str(), "Ready" | "MemoryPressure" | "DiskPressure" | "PIDPressure") {
+                    c.status = "Unknown".into();
+                    c.reason = Some("NodeStatusUnknown".into());
+                    c.message = Some("Kubelet stopped posting node status.".into());
+                    c.last_transition_time = Some(Time(now));
+                }
+                c
+            })
+            .collect();
+        api.patch_status(&node.name_any(), &PatchParams::default(), &Patch::Strategic(json!({"status": {"conditions": conditions}}))).await?;
+        tracing::info!(node = %node.name_any(), "node stopped posting status; marked Unknown");
+    }
+    let effective = if silent { "Unknown" } else { ready };
+    let wanted: Vec<(&str, &str)> = match effective {
+        "True" => vec![],
+        "False" => vec![(NOT_READY, "NoSchedule"), (NOT_READY, "NoExecute")],
+        _ => vec![(UNREACHABLE, "NoSchedule"), (UNREACHABLE, "NoExecute")],
+    };
+    let current = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
+    let ours = |t: &Taint| t.key == UNREACHABLE || t.key == NOT_READY;
+    let mut next: Vec<Taint> = current.iter().filter(|t| !ours(t) || wanted.contains(&(t.key.as_str(), t.effect.as_str()))).cloned().collect();
+    for (key, effect) in &wanted {
+        if !next.iter().any(|t| t.key == *key && t.effect == *effect) {
+            next.push(Taint { key: key.to_string(), effect: effect.to_string(), value: None, time_added: (*effect == "NoExecute").then_some(Time(now)) });
+        }
+    }
+    if next != current {
+        let patch = json!({"metadata": {"resourceVersion": node.resource_version()}, "spec": {"taints": next}});
+        api.patch(&node.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    }
+    Ok(())
+}
+
+fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
+    let effect_ok = toleration.effect.as_deref().is_none_or(|e| e.is_empty() || e == taint.effect);
+    let key_ok = match toleration.operator.as_deref() {
+        Some("Exists") => toleration.key.as_deref().is_none_or(|k| k.is_empty() || k == taint.key),
+        _ => toleration.key.as_deref() == Some(taint.key.as_str()) && toleration.value.as_deref().unwrap_or("") == taint.value.as_deref().unwrap_or(""),
+    };
+    effect_ok && key_ok
+}
+
+/// When a pod must leave a node with these NoExecute taints: `None` never, else the time.
+pub fn eviction_time(pod: &Pod, taints: &[Taint], now: jiff::Timestamp) -> Option<jiff::Timestamp> {
+    let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
+    let mut due: Option<jiff::Timestamp> = None;
+    for taint in taints.iter().filter(|t| t.effect == "NoExecute") {
+        let added = taint.time_added.as_ref().map(|t| t.0).unwrap_or(now);
+        let mut best: Option<Option<i64>> = None; // Some(None) = tolerated forever
+        for t in tolerations.iter().filter(|t| tolerates(t, taint)) {
+            let seconds = t.toleration_seconds;
+            best = Some(match (best, seconds) {
+                (Some(None), _) | (_, None) => None,
+                (Some(Some(a)), Some(b)) => Some(a.max(b)),
+                (None, Some(b)) => Some(b),
+            });
+        }
+        let at = match best {
+            None => now,
+            Some(None) => continue,
+            Some(Some(seconds)) => added + jiff::SignedDuration::from_secs(seconds.max(0)),
+        };
+        due = Some(due.map_or(at, |d: jiff::Timestamp| d.min(at)));
+    }
+    due
+}
+
+async fn evict(client: &Client, nodes: &Cache<Node>, pods: &Cache<Pod>, now: jiff::Timestamp) {
+    let tainted: HashMap<String, (Vec<Taint>, bool)> = nodes
+        .all()
+        .iter()
+        .filter_map(|n| {
+            let taints: Vec<Taint> = n.spec.as_ref()?.taints.clone()?.into_iter().filter(|t| t.effect == "NoExecute").collect();
+            let unhealthy = ready_status(n) != "True";
+            (!taints.is_empty() || unhealthy).then(|| (n.name_any(), (taints, unhealthy)))
+        })
+        .collect();
+    if tainted.is_empty() {
+        return;
+    }
+    for pod in pods.all() {
+        let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else { continue };
+        let Some((taints, unhealthy)) = tainted.get(node) else { continue };
+        if pod.metadata.deletion_timestamp.is_some() {
+            continue;
+        }
+        let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+        if *unhealthy {
+            mark_not_ready(&api, &pod, now).await;
+        }
+        if eviction_time(&pod, taints, now).is_some_and(|at| at <= now) {
+            let params = DeleteParams { preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }), ..Default::default() };
+            match api.delete(&pod.name_any(), &params).await {
+                Ok(_) => tracing::info!(pod = %pod.name_any(), node, "evicted pod from tainted node"),
+                Err(error) => tracing::debug!(%error, pod = %pod.name_any(), "eviction failed"),
+            }
+        }
+    }
+}
+
+/// Upstream's MarkPodsNotReady: a pod on a node that stopped reporting is not Ready.
+async fn mark_not_ready(api: &Api<Pod>, pod: &Arc<Pod>, now: jiff::Timestamp) {
+    let conditions = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
+    if !conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
+        return;
+    }
+    let conditions: Vec<_> = conditions
+        .into_iter()
+        .map(|mut c| {
+            if c.type_ == "Ready" {
+                c.status = "False".into();
+                c.reason = Some("NodeNotReady".into());
+                c.last_transition_time = Some(Time(now));
+            }
+            c
+        })
+        .collect();
+    let patch = json!({"metadata": {"resourceVersion": pod.resource_version()}, "status": {"conditions": conditions}});
+    if let Err(error) = api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+        tracing::debug!(%error, pod = %pod.name_any(), "marking pod not ready failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pod(tolerations: serde_json::Value) -> Pod {
+        serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [], "tolerations": tolerations}})).unwrap()
+    }
+
+    #[test]
+    fn eviction_follows_toleration_seconds() {
+        let now = jiff::Timestamp::from_second(1_000_000).unwrap();
+        let added = jiff::Timestamp::from_second(999_900).unwrap();
+        let taints = vec![Taint { key: UNREACHABLE.into(), effect: "NoExecute".into(), value: None, time_added: Some(Time(added)) }];
+        assert_eq!(eviction_time(&pod(json!([])), &taints, now), Some(now), "no toleration: now");
+        let default = pod(json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]));
+        assert_eq!(eviction_time(&default, &taints, now), Some(jiff::Timestamp::from_second(1_000_200).unwrap()));
+        let forever = pod(json!([{"operator": "Exists"}]));
+        assert_eq!(eviction_time(&forever, &taints, now), None);
+    }
+}
