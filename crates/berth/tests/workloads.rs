@@ -248,3 +248,20 @@ fn silent_nodes_become_unknown_tainted_and_their_pods_are_evicted() {
     wait_for("taints removed", || s.get_json(&["node", "n1"])["spec"]["taints"].as_array().is_none_or(|t| t.is_empty()));
 }
 
+
+#[test]
+fn replication_controllers_are_kept_too() {
+    let s = server();
+    s.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"{"apiVersion": "v1", "kind": "ReplicationController", "metadata": {"name": "old"},
+            "spec": {"replicas": 2, "selector": {"app": "old"}, "template": {"metadata": {"labels": {"app": "old"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}}}"#,
+    );
+    wait_for("2 pods owned by the RC", || {
+        let all = live_pods(&s, "app=old");
+        all.len() == 2 && all.iter().all(|p| p["metadata"]["ownerReferences"][0]["kind"] == "ReplicationController")
+    });
+    wait_for("rc status", || s.get_json(&["rc", "old"])["status"]["replicas"] == 2);
+    s.ok(&["scale", "rc", "old", "--replicas=0"]);
+    wait_for("scaled to zero", || live_pods(&s, "app=old").is_empty());
+}

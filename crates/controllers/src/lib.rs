@@ -40,6 +40,7 @@ pub async fn run_all(client: kube::Client, options: Options) {
         garbage_collector::run(client.clone(), graph.clone()),
         namespace::run(client.clone(), graph),
         replicaset::run(client.clone()),
+        replicaset::run_replication_controllers(client.clone()),
         deployment::run(client.clone()),
         serviceaccount::run(client.clone()),
         endpoints::run(client.clone()),

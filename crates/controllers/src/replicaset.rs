@@ -1,5 +1,6 @@
 //! The ReplicaSet controller: keeps `spec.replicas` active pods matching the selector, adopts
-//! matching orphans and releases pods that stopped matching, and reports counts in status.
+//! matching orphans and releases pods that stopped matching, and reports counts in status. The
+//! same loop runs ReplicationControllers, seen as ReplicaSets whose selector is a plain map.
 //!
 //! As upstream, it remembers the creates and deletes it issued ("expectations") and does not
 //! act again for a ReplicaSet until its cache has seen them, so a slow watch never makes it
@@ -10,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::apps::v1::ReplicaSet;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, ReplicationController};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::{Client, ResourceExt};
@@ -34,9 +35,74 @@ struct Expectation {
     since: Option<Instant>,
 }
 
+/// The owners one instance of this controller manages, seen as ReplicaSets.
+#[derive(Clone)]
+enum Owners {
+    ReplicaSets(Cache<ReplicaSet>),
+    ReplicationControllers(Cache<ReplicationController>),
+}
+
+impl Owners {
+    fn kind(&self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Owners::ReplicaSets(_) => ("apps/v1", "ReplicaSet", "replicasets"),
+            Owners::ReplicationControllers(_) => ("v1", "ReplicationController", "replicationcontrollers"),
+        }
+    }
+
+    fn get(&self, ns: &str, name: &str) -> Option<Arc<ReplicaSet>> {
+        match self {
+            Owners::ReplicaSets(c) => c.get(ns, name),
+            Owners::ReplicationControllers(c) => c.get(ns, name).map(|rc| Arc::new(as_replicaset(&rc))),
+        }
+    }
+
+    fn in_namespace(&self, ns: &str) -> Vec<Arc<ReplicaSet>> {
+        match self {
+            Owners::ReplicaSets(c) => c.in_namespace(ns),
+            Owners::ReplicationControllers(c) => c.in_namespace(ns).iter().map(|rc| Arc::new(as_replicaset(rc))).collect(),
+        }
+    }
+
+    async fn synced(&self) {
+        match self {
+            Owners::ReplicaSets(c) => c.synced().await,
+            Owners::ReplicationControllers(c) => c.synced().await,
+        }
+    }
+}
+
+/// A ReplicationController in ReplicaSet form: its map selector becomes matchLabels.
+fn as_replicaset(rc: &ReplicationController) -> ReplicaSet {
+    let spec = rc.spec.clone().unwrap_or_default();
+    let status = rc.status.clone().map(|s| k8s_openapi::api::apps::v1::ReplicaSetStatus {
+        replicas: s.replicas,
+        fully_labeled_replicas: s.fully_labeled_replicas,
+        ready_replicas: s.ready_replicas,
+        available_replicas: s.available_replicas,
+        observed_generation: s.observed_generation,
+        conditions: s.conditions.map(|cs| {
+            cs.into_iter()
+                .map(|c| k8s_openapi::api::apps::v1::ReplicaSetCondition { type_: c.type_, status: c.status, reason: c.reason, message: c.message, last_transition_time: c.last_transition_time })
+                .collect()
+        }),
+        ..Default::default()
+    });
+    ReplicaSet {
+        metadata: rc.metadata.clone(),
+        spec: Some(k8s_openapi::api::apps::v1::ReplicaSetSpec {
+            replicas: spec.replicas,
+            min_ready_seconds: spec.min_ready_seconds,
+            selector: k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector { match_labels: spec.selector, match_expressions: None },
+            template: spec.template,
+        }),
+        status,
+    }
+}
+
 struct Ctx {
     client: Client,
-    replicasets: Cache<ReplicaSet>,
+    replicasets: Owners,
     pods: Cache<Pod>,
     expectations: Mutex<HashMap<Key, Expectation>>,
     queue: WorkQueue<Key>,
@@ -45,14 +111,33 @@ struct Ctx {
 pub async fn run(client: Client) {
     let (queue, rx) = WorkQueue::new();
     let q = queue.clone();
-    let replicasets = Cache::<ReplicaSet>::spawn(
+    let replicasets = Owners::ReplicaSets(Cache::<ReplicaSet>::spawn(
         Api::all(client.clone()),
         Box::new(move |_, new| {
             if let Some(rs) = new {
                 q.add((rs.namespace().unwrap_or_default(), rs.name_any()));
             }
         }),
-    );
+    ));
+    run_with(client, replicasets, queue, rx).await;
+}
+
+/// The replication controller: the same loop over core/v1 ReplicationControllers.
+pub async fn run_replication_controllers(client: Client) {
+    let (queue, rx) = WorkQueue::new();
+    let q = queue.clone();
+    let owners = Owners::ReplicationControllers(Cache::<ReplicationController>::spawn(
+        Api::all(client.clone()),
+        Box::new(move |_, new| {
+            if let Some(rc) = new {
+                q.add((rc.namespace().unwrap_or_default(), rc.name_any()));
+            }
+        }),
+    ));
+    run_with(client, owners, queue, rx).await;
+}
+
+async fn run_with(client: Client, replicasets: Owners, queue: WorkQueue<Key>, rx: tokio::sync::mpsc::UnboundedReceiver<Key>) {
     let q = queue.clone();
     let rs_for_pods = replicasets.clone();
     let pods = Cache::<Pod>::spawn(
@@ -80,10 +165,10 @@ pub async fn run(client: Client) {
 
 /// A pod change wakes its controlling ReplicaSet, or for an orphan every ReplicaSet that may
 /// adopt it.
-fn enqueue_for_pod(queue: &WorkQueue<Key>, replicasets: &Cache<ReplicaSet>, pod: &Pod) {
+fn enqueue_for_pod(queue: &WorkQueue<Key>, replicasets: &Owners, pod: &Pod) {
     let ns = pod.namespace().unwrap_or_default();
     match controller_of(pod) {
-        Some(owner) if owner.kind == "ReplicaSet" => queue.add((ns, owner.name.clone())),
+        Some(owner) if owner.kind == replicasets.kind().1 => queue.add((ns, owner.name.clone())),
         Some(_) => {}
         None => {
             let labels = pod.labels();
@@ -145,7 +230,7 @@ async fn sync(ctx: &Ctx, key: &Key) -> Result<(), SyncError> {
     }
     if rs.metadata.deletion_timestamp.is_none() {
         for pod in ctx.pods.in_namespace(ns) {
-            if controller_of(&pod).is_none() && pod.metadata.deletion_timestamp.is_none() && labels::matches(&spec.selector, pod.labels()) && adopt(&pods_api, &pod, &rs).await {
+            if controller_of(&pod).is_none() && pod.metadata.deletion_timestamp.is_none() && labels::matches(&spec.selector, pod.labels()) && adopt(&pods_api, &pod, owner_ref(&rs, &ctx.replicasets)).await {
                 owned.push(pod);
             }
         }
@@ -191,10 +276,11 @@ fn expect(ctx: &Ctx, key: &Key, creates: &[String], deletes: &[String]) {
     exp.since = Some(Instant::now());
 }
 
-fn owner_ref(rs: &ReplicaSet) -> OwnerReference {
+fn owner_ref(rs: &ReplicaSet, owners: &Owners) -> OwnerReference {
+    let (api_version, kind, _) = owners.kind();
     OwnerReference {
-        api_version: "apps/v1".into(),
-        kind: "ReplicaSet".into(),
+        api_version: api_version.into(),
+        kind: kind.into(),
         name: rs.name_any(),
         uid: rs.uid().unwrap_or_default(),
         controller: Some(true),
@@ -202,9 +288,9 @@ fn owner_ref(rs: &ReplicaSet) -> OwnerReference {
     }
 }
 
-async fn adopt(api: &Api<Pod>, pod: &Pod, rs: &ReplicaSet) -> bool {
+async fn adopt(api: &Api<Pod>, pod: &Pod, owner: OwnerReference) -> bool {
     let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
-    refs.push(owner_ref(rs));
+    refs.push(owner);
     // The resourceVersion makes adoption a compare-and-swap against a concurrent adopter.
     let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
     api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await.is_ok()
@@ -218,7 +304,7 @@ async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) {
     }
 }
 
-fn pod_from_template(rs: &ReplicaSet) -> Pod {
+fn pod_from_template(rs: &ReplicaSet, owner: OwnerReference) -> Pod {
     let template = rs.spec.as_ref().and_then(|s| s.template.clone()).unwrap_or_default();
     let meta = template.metadata.unwrap_or_default();
     Pod {
@@ -228,7 +314,7 @@ fn pod_from_template(rs: &ReplicaSet) -> Pod {
             labels: meta.labels,
             annotations: meta.annotations,
             finalizers: meta.finalizers,
-            owner_references: Some(vec![owner_ref(rs)]),
+            owner_references: Some(vec![owner]),
             ..Default::default()
         },
         spec: template.spec,
@@ -240,7 +326,7 @@ fn pod_from_template(rs: &ReplicaSet) -> Pod {
 /// once, not `count` times. Returns the error message of a failed create.
 async fn create_pods(ctx: &Ctx, key: &Key, rs: &ReplicaSet, count: usize) -> Option<String> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.0);
-    let template = pod_from_template(rs);
+    let template = pod_from_template(rs, owner_ref(rs, &ctx.replicasets));
     let mut remaining = count.min(BURST);
     let mut batch = 1;
     while remaining > 0 {
@@ -333,7 +419,9 @@ async fn update_status(ctx: &Ctx, rs: &ReplicaSet, owned: &[Arc<Pod>], failure: 
     if unchanged {
         return Ok(());
     }
-    let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &rs.namespace().unwrap_or_default());
+    let (api_version, kind, plural) = ctx.replicasets.kind();
+    let resource = kube::api::ApiResource::from_gvk_with_plural(&kube::core::GroupVersionKind::gvk(api_version.split_once('/').map_or("", |(g, _)| g), api_version.rsplit('/').next().unwrap_or("v1"), kind), plural);
+    let api: Api<kube::api::DynamicObject> = Api::namespaced_with(ctx.client.clone(), &rs.namespace().unwrap_or_default(), &resource);
     match api.patch_status(&rs.name_any(), &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 404 => Ok(()),
