@@ -104,8 +104,14 @@ pub fn validate_crd(def: &ResourceDef, crd: &Value) -> ApiResult<()> {
         causes.push(Cause::invalid("spec.versions", &json!(versions.iter().filter_map(|v| v.get("name")).collect::<Vec<_>>()), "must have exactly one version marked as storage version"));
     }
     for (i, v) in versions.iter().enumerate() {
-        if v.pointer("/schema/openAPIV3Schema").is_none() {
-            causes.push(Cause::required(format!("spec.versions[{i}].schema.openAPIV3Schema")));
+        match v.pointer("/schema/openAPIV3Schema") {
+            None => causes.push(Cause::required(format!("spec.versions[{i}].schema.openAPIV3Schema"))),
+            Some(schema) => {
+                for (path, message) in crate::cel::check_rules(schema) {
+                    let field = format!("spec.versions[{i}].schema.openAPIV3Schema.{path}");
+                    causes.push(Cause { reason: "FieldValueInvalid", field, message: format!("Invalid value: \"object\": {message}") });
+                }
+            }
         }
     }
     if causes.is_empty() { Ok(()) } else { Err(ApiError::invalid(def, name, causes)) }

@@ -11,6 +11,7 @@ pub mod allocator;
 pub mod api;
 pub mod binding;
 pub mod cacher;
+pub mod cel;
 pub mod conversion;
 pub mod crd;
 pub mod crd_controller;

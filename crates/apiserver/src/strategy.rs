@@ -302,6 +302,10 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
         causes.push(Cause::required("metadata"));
     }
     if def.custom {
+        // The CRD's x-kubernetes-validations (CEL), with oldSelf on updates.
+        if let Some(schema) = &def.schema {
+            causes.extend(crate::cel::validate(schema, obj, old));
+        }
         return causes;
     }
     match (def.group.as_str(), def.kind.as_str()) {

@@ -275,6 +275,8 @@ spec:
           spec:
             type: object
             required: [size]
+            x-kubernetes-validations:
+            - {rule: "self.size <= 10", message: "size must be at most 10"}
             properties:
               size: {type: integer, minimum: 1}
               replicas: {type: integer}
@@ -302,6 +304,12 @@ spec:
     assert_eq!(s.ok(&["get", "widgets", "--field-selector", "spec.color=blue", "-o", "name"]).trim(), "widget.example.com/w2");
     let err = s.kubectl_stdin(&["apply", "-f", "-"], &widget.replace("w1", "w3").replace("replicas: 1", "color: Blue"));
     assert!(String::from_utf8_lossy(&err.stderr).contains("spec.color in body should match '^[a-z]+$'"), "{}", String::from_utf8_lossy(&err.stderr));
+    // CEL rules from x-kubernetes-validations.
+    let err = s.kubectl_stdin(&["apply", "-f", "-"], &widget.replace("w1", "w4").replace("size: 3", "size: 11"));
+    assert!(String::from_utf8_lossy(&err.stderr).contains("size must be at most 10"), "{}", String::from_utf8_lossy(&err.stderr));
+    let broken = crd.replace("widgets.example.com", "gadgets.example.com").replace("plural: widgets, singular: widget, kind: Widget, shortNames: [wd]", "plural: gadgets, singular: gadget, kind: Gadget").replace("self.size <= 10", "self.size <=");
+    let err = s.kubectl_stdin(&["apply", "-f", "-"], &broken);
+    assert!(String::from_utf8_lossy(&err.stderr).contains("x-kubernetes-validations[0].rule"), "{}", String::from_utf8_lossy(&err.stderr));
     let err = s.kubectl_stdin(&["apply", "-f", "-"], &widget.replace("size: 3", "size: 0"));
     assert!(!err.status.success());
     assert!(String::from_utf8_lossy(&err.stderr).contains("spec.size"), "{}", String::from_utf8_lossy(&err.stderr));

@@ -45,6 +45,11 @@ fn replicaset_keeps_its_count_adopts_and_reports() {
     assert!(all.iter().all(|p| p["metadata"]["ownerReferences"][0]["name"] == "web" && p["metadata"]["ownerReferences"][0]["controller"] == true), "{all:?}");
     assert!(all.iter().any(|p| p["metadata"]["name"] == "stray"));
     wait_for("status.replicas 3", || s.get_json(&["rs", "web"])["status"]["replicas"] == 3);
+    wait_for("a SuccessfulCreate event", || {
+        s.get_json(&["events", "--field-selector", "involvedObject.kind=ReplicaSet,involvedObject.name=web"])["items"]
+            .as_array()
+            .is_some_and(|e| e.iter().any(|e| e["reason"] == "SuccessfulCreate" && e["source"]["component"] == "replicaset-controller"))
+    });
 
     // A deleted pod is replaced.
     let victim = all.iter().find(|p| p["metadata"]["name"] != "stray").unwrap()["metadata"]["name"].as_str().unwrap().to_string();
@@ -118,6 +123,8 @@ fn deployment_rolls_revisions_and_rolls_back() {
     });
     let deploy = s.get_json(&["deployment", "web"]);
     assert_eq!(deploy["metadata"]["annotations"]["deployment.kubernetes.io/revision"], "2");
+    let described = s.ok(&["describe", "deployment", "web"]);
+    assert!(described.contains("ScalingReplicaSet") && described.contains("Scaled up replica set"), "{described}");
     wait_for("deployment status", || {
         let d = s.get_json(&["deployment", "web"]);
         d["status"]["updatedReplicas"] == 3 && d["status"]["replicas"] == 3 && d["status"]["observedGeneration"] == d["metadata"]["generation"]

@@ -19,6 +19,7 @@ use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
 
 use crate::cache::Cache;
+use crate::events::Recorder;
 use crate::labels;
 use crate::workqueue::{WorkQueue, run_workers};
 
@@ -33,6 +34,7 @@ const NOT_COPIED: [&str; 5] = ["kubectl.kubernetes.io/last-applied-configuration
 
 struct Ctx {
     client: Client,
+    recorder: Recorder,
     deployments: Cache<Deployment>,
     replicasets: Cache<ReplicaSet>,
     queue: WorkQueue<Key>,
@@ -72,7 +74,8 @@ pub async fn run(client: Client) {
     );
     deployments.synced().await;
     replicasets.synced().await;
-    let ctx = Arc::new(Ctx { client, deployments, replicasets, queue: queue.clone() });
+    let recorder = Recorder::new(client.clone(), "deployment-controller");
+    let ctx = Arc::new(Ctx { client, recorder, deployments, replicasets, queue: queue.clone() });
     run_workers(queue, rx, 4, move |key| {
         let ctx = ctx.clone();
         async move {
@@ -217,20 +220,20 @@ async fn sync(ctx: &Ctx, key: &Key) -> Result<(), SyncError> {
             && old.iter().all(|o| spec_replicas(o) == 0)
             && spec_replicas(rs) != replicas
         {
-            scale(&rs_api, rs, replicas, &d, surge).await?;
+            scale(ctx, &rs_api, rs, replicas, &d, surge).await?;
         }
     } else if recreate {
         for rs in old.iter().filter(|rs| spec_replicas(rs) > 0) {
-            scale(&rs_api, rs, 0, &d, surge).await?;
+            scale(ctx, &rs_api, rs, 0, &d, surge).await?;
         }
         if let Some(rs) = &new_rs
             && old.iter().all(|o| spec_replicas(o) == 0 && status_of(o).0 == 0)
             && spec_replicas(rs) != replicas
         {
-            scale(&rs_api, rs, replicas, &d, surge).await?;
+            scale(ctx, &rs_api, rs, replicas, &d, surge).await?;
         }
     } else if let Some(rs) = &new_rs {
-        roll(&rs_api, &d, rs, &old, replicas, surge, unavailable).await?;
+        roll(ctx, &rs_api, &d, rs, &old, replicas, surge, unavailable).await?;
     }
 
     prune_history(&rs_api, &d, &old).await;
@@ -277,7 +280,10 @@ async fn create_new(ctx: &Ctx, d: &Deployment, old: &[Arc<ReplicaSet>], max_revi
     };
     let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &d.namespace().unwrap_or_default());
     match api.create(&PostParams::default(), &rs).await {
-        Ok(created) => Ok(Some(created)),
+        Ok(created) => {
+            ctx.recorder.normal(d, "ScalingReplicaSet", format!("Scaled up replica set {} to {initial} from 0", created.name_any()));
+            Ok(Some(created))
+        }
         Err(kube::Error::Api(status)) if status.code == 409 => {
             // Same name, other template: a hash collision. Upstream bumps collisionCount so the
             // next hash differs.
@@ -311,29 +317,32 @@ async fn keep_current(ctx: &Ctx, d: &Deployment, rs: &Arc<ReplicaSet>, old: &[Ar
     Ok(Arc::new(api.patch(&rs.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?))
 }
 
-async fn scale(api: &Api<ReplicaSet>, rs: &ReplicaSet, to: i32, d: &Deployment, surge: i32) -> Result<(), SyncError> {
+async fn scale(ctx: &Ctx, api: &Api<ReplicaSet>, rs: &ReplicaSet, to: i32, d: &Deployment, surge: i32) -> Result<(), SyncError> {
     let replicas = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let patch = json!({
         "metadata": {"annotations": {DESIRED_REPLICAS: replicas.to_string(), MAX_REPLICAS: (replicas + surge).to_string()}, "resourceVersion": rs.resource_version()},
         "spec": {"replicas": to},
     });
     api.patch(&rs.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+    let from = spec_replicas(rs);
+    let direction = if to > from { "up" } else { "down" };
+    ctx.recorder.normal(d, "ScalingReplicaSet", format!("Scaled {direction} replica set {} to {to} from {from}", rs.name_any()));
     Ok(())
 }
 
 /// One step of a rolling update: grow the new ReplicaSet within maxSurge, shrink old ones within
 /// maxUnavailable (unhealthy pods first), as upstream's rolloutRolling does.
-async fn roll(api: &Api<ReplicaSet>, d: &Deployment, new: &ReplicaSet, old: &[Arc<ReplicaSet>], replicas: i32, surge: i32, unavailable: i32) -> Result<(), SyncError> {
+async fn roll(ctx: &Ctx, api: &Api<ReplicaSet>, d: &Deployment, new: &ReplicaSet, old: &[Arc<ReplicaSet>], replicas: i32, surge: i32, unavailable: i32) -> Result<(), SyncError> {
     let all_spec: i32 = old.iter().map(|rs| spec_replicas(rs)).sum::<i32>() + spec_replicas(new);
     let new_spec = spec_replicas(new);
     if new_spec > replicas {
-        scale(api, new, replicas, d, surge).await?;
+        scale(ctx, api, new, replicas, d, surge).await?;
         return Ok(());
     }
     if new_spec < replicas {
         let room = replicas + surge - all_spec;
         if room > 0 {
-            scale(api, new, new_spec + room.min(replicas - new_spec), d, surge).await?;
+            scale(ctx, api, new, new_spec + room.min(replicas - new_spec), d, surge).await?;
             return Ok(());
         }
     }
@@ -371,7 +380,7 @@ async fn roll(api: &Api<ReplicaSet>, d: &Deployment, new: &ReplicaSet, old: &[Ar
     for rs in old {
         let target = targets.get(&rs.name_any()).copied().unwrap_or(0).max(0);
         if target != spec_replicas(rs) {
-            scale(api, rs, target, d, surge).await?;
+            scale(ctx, api, rs, target, d, surge).await?;
         }
     }
     Ok(())

@@ -6,14 +6,19 @@
 //! each, named for the resource they reconcile.
 
 pub mod cache;
+pub mod cronjob;
 pub mod deployment;
 pub mod endpoints;
+pub mod events;
 pub mod garbage_collector;
 pub mod graph;
+pub mod job;
 pub mod labels;
 pub mod namespace;
 pub mod nodelifecycle;
+pub mod podgc;
 pub mod replicaset;
+pub mod resourcequota;
 pub mod serviceaccount;
 pub mod workqueue;
 
@@ -45,5 +50,9 @@ pub async fn run_all(client: kube::Client, options: Options) {
         serviceaccount::run(client.clone()),
         endpoints::run(client.clone()),
         nodelifecycle::run(client.clone(), options.node_monitor_grace_period),
+        podgc::run(client.clone()),
+        resourcequota::run(client.clone()),
+        job::run(client.clone()),
+        cronjob::run(client.clone()),
     );
 }

@@ -18,6 +18,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::cache::Cache;
+use crate::events::{self, Recorder};
 use crate::labels;
 use crate::workqueue::{WorkQueue, run_workers};
 
@@ -102,6 +103,7 @@ fn as_replicaset(rc: &ReplicationController) -> ReplicaSet {
 
 struct Ctx {
     client: Client,
+    recorder: Recorder,
     replicasets: Owners,
     pods: Cache<Pod>,
     expectations: Mutex<HashMap<Key, Expectation>>,
@@ -150,7 +152,12 @@ async fn run_with(client: Client, replicasets: Owners, queue: WorkQueue<Key>, rx
     );
     replicasets.synced().await;
     pods.synced().await;
-    let ctx = Arc::new(Ctx { client, replicasets, pods, expectations: Mutex::new(HashMap::new()), queue: queue.clone() });
+    let component = match replicasets {
+        Owners::ReplicaSets(_) => "replicaset-controller",
+        Owners::ReplicationControllers(_) => "replication-controller",
+    };
+    let recorder = Recorder::new(client.clone(), component);
+    let ctx = Arc::new(Ctx { client, recorder, replicasets, pods, expectations: Mutex::new(HashMap::new()), queue: queue.clone() });
     run_workers(queue, rx, 4, move |key| {
         let ctx = ctx.clone();
         async move {
@@ -243,7 +250,7 @@ async fn sync(ctx: &Ctx, key: &Key) -> Result<(), SyncError> {
         if active.len() < want {
             failure = create_pods(ctx, key, &rs, want - active.len()).await;
         } else if active.len() > want {
-            delete_pods(ctx, key, &pods_api, &active, active.len() - want).await;
+            delete_pods(ctx, key, &rs, &pods_api, &active, active.len() - want).await;
         }
     }
     update_status(ctx, &rs, &owned, failure).await?;
@@ -335,8 +342,13 @@ async fn create_pods(ctx: &Ctx, key: &Key, rs: &ReplicaSet, count: usize) -> Opt
         let results = futures_util::future::join_all((0..size).map(|_| api.create(&params, &template))).await;
         let created: Vec<String> = results.iter().filter_map(|r| r.as_ref().ok().map(|p| p.name_any())).collect();
         expect(ctx, key, &created, &[]);
+        let (api_version, kind, _) = ctx.replicasets.kind();
+        for name in &created {
+            ctx.recorder.record_for(events::reference(rs, api_version, kind), "Normal", "SuccessfulCreate", format!("Created pod: {name}"));
+        }
         if let Some(Err(error)) = results.into_iter().find(|r| r.is_err()) {
             tracing::warn!(%error, replicaset = %key.1, "creating pods failed");
+            ctx.recorder.record_for(events::reference(rs, api_version, kind), "Warning", "FailedCreate", format!("Error creating: {error}"));
             return Some(error.to_string());
         }
         remaining -= size;
@@ -361,7 +373,7 @@ fn deletion_rank(pod: &Pod) -> impl Ord {
     (assigned, phase, ready.is_some(), std::cmp::Reverse(ready), std::cmp::Reverse(restarts), std::cmp::Reverse(created))
 }
 
-async fn delete_pods(ctx: &Ctx, key: &Key, api: &Api<Pod>, active: &[Arc<Pod>], count: usize) {
+async fn delete_pods(ctx: &Ctx, key: &Key, rs: &ReplicaSet, api: &Api<Pod>, active: &[Arc<Pod>], count: usize) {
     let mut victims: Vec<&Arc<Pod>> = active.iter().collect();
     victims.sort_by_cached_key(|p| deletion_rank(p));
     let victims: Vec<&Arc<Pod>> = victims.into_iter().take(count.min(BURST)).collect();
@@ -372,9 +384,10 @@ async fn delete_pods(ctx: &Ctx, key: &Key, api: &Api<Pod>, active: &[Arc<Pod>], 
         let name = pod.name_any();
         async move { (name.clone(), api.delete(&name, &params).await) }
     });
+    let (api_version, kind, _) = ctx.replicasets.kind();
     for (name, result) in futures_util::future::join_all(deletes).await {
         match result {
-            Ok(_) => {}
+            Ok(_) => ctx.recorder.record_for(events::reference(rs, api_version, kind), "Normal", "SuccessfulDelete", format!("Deleted pod: {name}")),
             Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => {}
             Err(error) => tracing::warn!(%error, pod = %name, "deleting pod failed"),
         }
