@@ -353,6 +353,8 @@ async fn serve_resource(server: &Arc<Server>, req: http::Request<hyper::body::In
         Some("status") if def.status => Some(Subresource::Status),
         Some("scale") if def.scale.is_some() => Some(Subresource::Scale),
         Some("finalize") if def.kind == "Namespace" && def.group.is_empty() => Some(Subresource::Status),
+        // pods/binding is create-only and handled below.
+        Some("binding") if def.kind == "Pod" && def.group.is_empty() && method == Method::POST => None,
         Some(other) => return Err(("", ApiError::not_found_path(other))),
     };
     let finalize = target.subresource.as_deref() == Some("finalize");

@@ -30,11 +30,55 @@ struct Cli {
 enum Command {
     /// Run the control plane: the API server and its store.
     Server(ServerArgs),
+    /// Run the scheduler against a cluster (it also runs inside `berth server`).
+    Scheduler(ClientArgs),
+    /// Run the controllers against a cluster (they also run inside `berth server`).
+    ControllerManager {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// How long a node may miss heartbeats before it is marked Unknown (e.g. 40s).
+        #[arg(long = "node-monitor-grace-period", default_value = "40s", value_parser = parse_duration)]
+        node_monitor_grace_period: std::time::Duration,
+    },
+    /// Register simulated nodes that run pods without containers (for tests and scale, as KWOK).
+    SimNodes(SimNodesArgs),
     /// Measure a running or self-started server.
     Bench {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
+}
+
+#[derive(clap::Args, Clone)]
+pub struct ClientArgs {
+    /// The cluster to talk to.
+    #[arg(long, env = "KUBECONFIG")]
+    pub kubeconfig: PathBuf,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct SimNodesArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// How many nodes.
+    #[arg(long, default_value_t = 1)]
+    count: usize,
+    /// Node names are PREFIX0, PREFIX1, ...
+    #[arg(long, default_value = "sim-")]
+    prefix: String,
+    #[arg(long, default_value = "8")]
+    cpu: String,
+    #[arg(long, default_value = "32Gi")]
+    memory: String,
+    #[arg(long, default_value_t = 110)]
+    pods: u32,
+    /// Extended resources, as NAME=COUNT (repeatable), e.g. nvidia.com/gpu=4.
+    #[arg(long = "extended", value_parser = parse_extended)]
+    extended: Vec<(String, String)>,
+}
+
+fn parse_extended(text: &str) -> Result<(String, String), String> {
+    text.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).ok_or_else(|| format!("expected NAME=COUNT, got {text:?}"))
 }
 
 #[derive(clap::Args, Clone)]
@@ -54,9 +98,12 @@ pub struct ServerArgs {
     /// How often old revisions are compacted away (e.g. 5m, 30s, 500ms; 0 disables).
     #[arg(long = "etcd-compaction-interval", default_value = "5m", value_parser = parse_duration)]
     pub compaction_interval: std::time::Duration,
-    /// Do not run the controllers (garbage collector, namespace lifecycle) in this process.
+    /// Do not run the controllers in this process.
     #[arg(long)]
     pub disable_controllers: bool,
+    /// Do not run the scheduler in this process.
+    #[arg(long)]
+    pub disable_scheduler: bool,
     /// How long a node may miss heartbeats before it is marked Unknown and its pods are evicted
     /// after their tolerations (e.g. 40s).
     #[arg(long = "node-monitor-grace-period", default_value = "40s", value_parser = parse_duration)]
@@ -123,6 +170,23 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Server(args) => run_server(args).await,
+            Command::Scheduler(args) => {
+                let client = client_for(&args.kubeconfig).await?;
+                scheduler::run(client, scheduler::SchedulerOptions::default()).await.context("scheduler")
+            }
+            Command::ControllerManager { client, node_monitor_grace_period } => {
+                let client = client_for(&client.kubeconfig).await?;
+                controllers::run_all(client, controllers::Options { node_monitor_grace_period }).await;
+                Ok(())
+            }
+            Command::SimNodes(args) => {
+                let client = client_for(&args.client.kubeconfig).await?;
+                let options = simnodes::SimOptions { count: args.count, prefix: args.prefix, cpu: args.cpu, memory: args.memory, pods: args.pods, extended: args.extended, ..Default::default() };
+                tokio::select! {
+                    result = simnodes::run(client, options) => result.context("simulated nodes"),
+                    _ = tokio::signal::ctrl_c() => Ok(()),
+                }
+            }
             Command::Bench { what } => bench::run(what).await,
         }
     })
@@ -134,6 +198,14 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         let client = client_for(&running.kubeconfig).await?;
         let options = controllers::Options { node_monitor_grace_period: args.node_monitor_grace_period };
         tokio::spawn(controllers::run_all(client, options));
+    }
+    if !args.disable_scheduler {
+        let client = client_for(&running.kubeconfig).await?;
+        tokio::spawn(async move {
+            if let Err(error) = scheduler::run(client, scheduler::SchedulerOptions::default()).await {
+                tracing::error!(%error, "the scheduler stopped");
+            }
+        });
     }
     tracing::info!(address = %running.addr, kubeconfig = %running.kubeconfig.display(), "berth API server is serving");
     eprintln!("berth: serving on https://{}; export KUBECONFIG={}", running.addr, running.kubeconfig.display());

@@ -7,11 +7,13 @@
 
 pub mod cache;
 pub mod cronjob;
+pub mod daemonset;
 pub mod deployment;
 pub mod endpoints;
 pub mod events;
 pub mod garbage_collector;
 pub mod graph;
+pub mod history;
 pub mod job;
 pub mod labels;
 pub mod namespace;
@@ -20,6 +22,7 @@ pub mod podgc;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod serviceaccount;
+pub mod statefulset;
 pub mod workqueue;
 
 use std::time::Duration;
@@ -47,6 +50,8 @@ pub async fn run_all(client: kube::Client, options: Options) {
         replicaset::run(client.clone()),
         replicaset::run_replication_controllers(client.clone()),
         deployment::run(client.clone()),
+        statefulset::run(client.clone()),
+        daemonset::run(client.clone()),
         serviceaccount::run(client.clone()),
         endpoints::run(client.clone()),
         nodelifecycle::run(client.clone(), options.node_monitor_grace_period),
