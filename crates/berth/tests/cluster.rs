@@ -1,0 +1,124 @@
+//! The control plane end to end with simulated nodes (`berth sim-nodes`, as KWOK): the scheduler
+//! places pods, the nodes report them Running and Ready, Deployments roll within their budget,
+//! and a node that stops heartbeating has its pods replaced elsewhere.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use testsupport::{Server, eventually};
+
+struct SimNodes(Child);
+
+impl SimNodes {
+    fn start(server: &Server, prefix: &str, count: usize) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["sim-nodes", "--kubeconfig"])
+            .arg(server.kubeconfig())
+            .args(["--prefix", prefix, "--count", &count.to_string(), "--cpu", "4", "--memory", "8Gi"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start berth sim-nodes");
+        SimNodes(child)
+    }
+}
+
+impl Drop for SimNodes {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    assert!(eventually(timeout, || check().then_some(())).is_some(), "timed out waiting for {what}");
+}
+
+fn running_pods(s: &Server, selector: &str) -> Vec<Value> {
+    s.get_json(&["pods", "-l", selector])["items"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|p| p["metadata"].get("deletionTimestamp").is_none() && p["status"]["phase"] == "Running")
+        .collect()
+}
+
+const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: web}}
+  strategy: {rollingUpdate: {maxSurge: 1, maxUnavailable: 1}}
+  template:
+    metadata: {labels: {app: web}}
+    spec:
+      tolerations:
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: 2}
+      containers:
+      - {name: web, image: "nginx:1", resources: {requests: {cpu: 100m}}}
+"#;
+
+#[test]
+fn deployments_run_roll_and_survive_a_node_failure() {
+    let s = Server::start_with(env!("CARGO_BIN_EXE_berth"), &["--node-monitor-grace-period=5s"]);
+    let mut doomed = Some(SimNodes::start(&s, "a-", 2));
+    let _survivor = SimNodes::start(&s, "b-", 1);
+    wait_for("3 ready nodes", Duration::from_secs(30), || {
+        s.get_json(&["nodes"])["items"].as_array().is_some_and(|n| {
+            n.len() == 3 && n.iter().all(|n| n["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
+        })
+    });
+
+    s.ok_stdin(&["apply", "-f", "-"], DEPLOYMENT);
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    assert_eq!(running_pods(&s, "app=web").len(), 4);
+
+    // A rolling update never leaves fewer than replicas - maxUnavailable available.
+    s.ok(&["set", "image", "deployment/web", "web=nginx:2"]);
+    let mut lowest = i64::MAX;
+    wait_for("rollout of nginx:2", Duration::from_secs(60), || {
+        let d = s.get_json(&["deployment", "web"]);
+        let available = d["status"]["availableReplicas"].as_i64().unwrap_or(0);
+        if d["status"]["observedGeneration"] == d["metadata"]["generation"] {
+            lowest = lowest.min(available);
+        }
+        d["status"]["updatedReplicas"] == 4 && available == 4 && d["status"]["replicas"] == 4
+    });
+    assert!(lowest >= 3, "availability dropped to {lowest} during the rollout");
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=30s"]);
+    let history = s.ok(&["rollout", "history", "deployment/web"]);
+    assert!(history.contains("2"), "{history}");
+
+    // The a- nodes stop heartbeating: their pods are evicted and replaced on b-0.
+    drop(doomed.take());
+    wait_for("all web pods running on b-0", Duration::from_secs(90), || {
+        let pods = running_pods(&s, "app=web");
+        pods.len() == 4 && pods.iter().all(|p| p["spec"]["nodeName"] == "b-0")
+    });
+    let node = s.get_json(&["node", "a-0"]);
+    assert!(node["spec"]["taints"].as_array().is_some_and(|t| t.iter().any(|t| t["key"] == "node.kubernetes.io/unreachable")), "{node}");
+}
+
+#[test]
+fn jobs_and_unschedulable_pods_with_simulated_nodes() {
+    let s = Server::start(env!("CARGO_BIN_EXE_berth"));
+    let _nodes = SimNodes::start(&s, "sim-", 2);
+    s.ok(&["create", "job", "once", "--image=busybox", "--", "true"]);
+    wait_for("job complete", Duration::from_secs(60), || s.get_json(&["job", "once"])["status"]["succeeded"] == 1);
+    s.ok(&["wait", "--for=condition=Complete", "job/once", "--timeout=30s"]);
+
+    s.ok_stdin(
+        &["create", "-f", "-"],
+        r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "huge"}, "spec": {"containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "64"}}}]}}"#,
+    );
+    wait_for("an Unschedulable explanation", Duration::from_secs(30), || {
+        let pod = s.get_json(&["pod", "huge"]);
+        pod["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter().any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable" && c["message"].as_str().is_some_and(|m| m.contains("2 Insufficient cpu")))
+        })
+    });
+}
