@@ -19,6 +19,8 @@ use serde_json::{Value, json};
 pub enum BenchCommand {
     /// Create/list/watch throughput and latency of the API server.
     Api(ApiBench),
+    /// Scheduling throughput and latency with simulated nodes and Deployments.
+    Scheduler(crate::bench_scheduler::SchedulerBench),
 }
 
 #[derive(clap::Args)]
@@ -46,11 +48,12 @@ pub struct ApiBench {
 pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Api(args) => api(args).await,
+        BenchCommand::Scheduler(args) => crate::bench_scheduler::run(args).await,
     }
 }
 
-struct Child {
-    process: std::process::Child,
+pub(crate) struct Child {
+    pub(crate) process: std::process::Child,
     _dir: TempDir,
 }
 
@@ -70,7 +73,7 @@ impl Drop for TempDir {
 }
 
 /// Starts `berth server` on a free loopback port and waits for its kubeconfig and /readyz.
-async fn start_child() -> anyhow::Result<(Child, PathBuf)> {
+pub(crate) async fn start_child() -> anyhow::Result<(Child, PathBuf)> {
     let dir = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -98,12 +101,12 @@ async fn start_child() -> anyhow::Result<(Child, PathBuf)> {
     bail!("berth server did not become ready within 30s")
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+pub(crate) fn rss_kib(pid: u32) -> Option<u64> {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
     status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
+pub(crate) fn percentile(sorted: &[Duration], p: f64) -> Duration {
     if sorted.is_empty() {
         return Duration::ZERO;
     }
@@ -111,7 +114,7 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn ms(d: Duration) -> String {
+pub(crate) fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 

@@ -1,6 +1,7 @@
 //! The `berth` command: thin glue over the component crates.
 
 mod bench;
+mod bench_scheduler;
 
 // Under write load glibc malloc took a quarter of the server's CPU (arena locks, consolidation);
 // with mimalloc `berth bench api` creates 45% more ConfigMaps per second (4,800 -> 6,900/s).

@@ -1,0 +1,137 @@
+//! `berth bench scheduler`: a self-started server (API, controllers, scheduler) with simulated
+//! nodes; Deployments create the pods. Prints pods scheduled per second, time until all are
+//! Running, per-pod scheduling latency (first seen by a watch -> bound) and the server's RSS.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use futures_util::StreamExt;
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Namespace, Node, Pod};
+use kube::api::{Api, ListParams, PostParams};
+use kube::runtime::{WatchStreamExt, watcher};
+use serde_json::json;
+
+use crate::bench::{ms, percentile, rss_kib, start_child};
+
+#[derive(clap::Args)]
+pub struct SchedulerBench {
+    /// Simulated nodes.
+    #[arg(long, default_value_t = 5000)]
+    nodes: usize,
+    /// Pods, created through Deployments.
+    #[arg(long, default_value_t = 50_000)]
+    pods: usize,
+    /// Deployments the pods are spread over.
+    #[arg(long, default_value_t = 500)]
+    deployments: usize,
+}
+
+async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
+    let config = kube::config::Kubeconfig::read_from(kubeconfig)?;
+    let config = kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default()).await?;
+    Ok(kube::Client::try_from(config)?)
+}
+
+pub async fn run(args: SchedulerBench) -> anyhow::Result<()> {
+    let (child, kubeconfig) = start_child().await?;
+    let pid = child.process.id();
+    let client = client(&kubeconfig).await?;
+    println!("berth bench scheduler: {} nodes, {} pods in {} deployments", args.nodes, args.pods, args.deployments);
+
+    let sim = simnodes::SimOptions { count: args.nodes, prefix: "bench-".into(), cpu: "32".into(), memory: "128Gi".into(), pods: 110, ..Default::default() };
+    let sim_client = client.clone();
+    let sim_task = tokio::spawn(async move { simnodes::run(sim_client, sim).await });
+    let nodes: Api<Node> = Api::all(client.clone());
+    let registering = Instant::now();
+    loop {
+        let count = nodes.list_metadata(&ListParams::default()).await?.items.len();
+        if count >= args.nodes {
+            break;
+        }
+        if registering.elapsed() > Duration::from_secs(600) {
+            anyhow::bail!("only {count} of {} nodes registered in 10 minutes", args.nodes);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    println!("nodes registered: {} in {:.1} s", args.nodes, registering.elapsed().as_secs_f64());
+
+    let ns = "bench-scheduler";
+    Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}}))?).await?;
+    // One watch sees every pod: first sighting, binding, Running.
+    let pods: Api<Pod> = Api::namespaced(client.clone(), ns);
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, bool, bool, Instant)>();
+    let watch_task = tokio::spawn(async move {
+        let mut stream = watcher(pods, watcher::Config::default()).default_backoff().applied_objects().boxed();
+        while let Some(Ok(pod)) = stream.next().await {
+            let name = pod.metadata.name.clone().unwrap_or_default();
+            let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| !n.is_empty());
+            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            if tx.send((name, bound, running, Instant::now())).is_err() {
+                return;
+            }
+        }
+    });
+
+    let per = args.pods.div_ceil(args.deployments.max(1));
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), ns);
+    let start = Instant::now();
+    for i in 0..args.deployments {
+        let replicas = per.min(args.pods.saturating_sub(i * per));
+        if replicas == 0 {
+            break;
+        }
+        let d: Deployment = serde_json::from_value(json!({
+            "metadata": {"name": format!("d{i}")},
+            "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": format!("d{i}")}},
+                     "template": {"metadata": {"labels": {"app": format!("d{i}")}},
+                                  "spec": {"containers": [{"name": "c", "image": "bench", "resources": {"requests": {"cpu": "10m", "memory": "16Mi"}}}]}}}
+        }))?;
+        deployments.create(&PostParams::default(), &d).await.context("creating a deployment")?;
+    }
+    println!("deployments created in {:.1} s", start.elapsed().as_secs_f64());
+
+    let mut seen: HashMap<String, Instant> = HashMap::new();
+    let mut bound_at: HashMap<String, Instant> = HashMap::new();
+    let mut running = 0usize;
+    let mut running_names = std::collections::HashSet::new();
+    let mut first_bound: Option<Instant> = None;
+    let mut last_bound = start;
+    let deadline = start + Duration::from_secs(1800);
+    while running < args.pods && Instant::now() < deadline {
+        let Ok(Some((name, bound, is_running, at))) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await else { break };
+        seen.entry(name.clone()).or_insert(at);
+        if bound && !bound_at.contains_key(&name) {
+            bound_at.insert(name.clone(), at);
+            first_bound.get_or_insert(at);
+            last_bound = at;
+        }
+        if is_running && running_names.insert(name) {
+            running += 1;
+        }
+    }
+    let all_running = start.elapsed();
+    let mut latencies: Vec<Duration> = bound_at.iter().filter_map(|(name, at)| seen.get(name).map(|s| at.saturating_duration_since(*s))).collect();
+    latencies.sort();
+    let span = last_bound.saturating_duration_since(first_bound.unwrap_or(start)).as_secs_f64().max(0.001);
+    println!(
+        "scheduled {} pods in {:.1} s = {:.0} pods/s; per-pod latency p50 {} p99 {}",
+        bound_at.len(),
+        span,
+        bound_at.len() as f64 / span,
+        ms(percentile(&latencies, 0.5)),
+        ms(percentile(&latencies, 0.99))
+    );
+    println!("{running} of {} pods Running {:.1} s after the first deployment was created", args.pods, all_running.as_secs_f64());
+    if let Some(kib) = rss_kib(pid) {
+        println!("server RSS: {:.1} MiB", kib as f64 / 1024.0);
+    }
+    if let Some(kib) = rss_kib(std::process::id()) {
+        println!("bench process RSS (simulated nodes and watch): {:.1} MiB", kib as f64 / 1024.0);
+    }
+    sim_task.abort();
+    watch_task.abort();
+    drop(child);
+    Ok(())
+}
