@@ -177,8 +177,7 @@ fn main() -> anyhow::Result<()> {
             }
             Command::ControllerManager { client, node_monitor_grace_period } => {
                 let client = client_for(&client.kubeconfig).await?;
-                controllers::run_all(client, controllers::Options { node_monitor_grace_period }).await;
-                Ok(())
+                run_controllers_as_leader(client, controllers::Options { node_monitor_grace_period }).await
             }
             Command::SimNodes(args) => {
                 let client = client_for(&args.client.kubeconfig).await?;
@@ -193,11 +192,27 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
+/// Runs the controllers while holding the `kube-controller-manager` Lease in kube-system, so
+/// several controller managers can run side by side with one active. Losing the lease ends the
+/// process, as upstream's does: the controllers' informers and workers must not act on.
+async fn run_controllers_as_leader(client: kube::Client, options: controllers::Options) -> anyhow::Result<()> {
+    let config = scheduler::leader::LeaseConfig::new("kube-system", "kube-controller-manager", scheduler::leader::Elector::default_identity());
+    let elector = scheduler::leader::Elector::new(client.clone(), config).context("leader election")?;
+    let mut leadership = elector.acquire().await;
+    tracing::info!(identity = elector.identity(), "controller manager is the leader");
+    tokio::select! {
+        _ = controllers::run_all(client, options) => Ok(()),
+        _ = leadership.lost() => anyhow::bail!("lost the kube-controller-manager lease"),
+    }
+}
+
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let (running, store) = start_server(&args).await?;
     if !args.disable_controllers {
         let client = client_for(&running.kubeconfig).await?;
         let options = controllers::Options { node_monitor_grace_period: args.node_monitor_grace_period };
+        // One server, one controller manager: no election in-process (yet: several servers
+        // side by side will need it, as `berth controller-manager` has).
         tokio::spawn(controllers::run_all(client, options));
     }
     if !args.disable_scheduler {

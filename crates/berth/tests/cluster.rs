@@ -122,3 +122,29 @@ fn jobs_and_unschedulable_pods_with_simulated_nodes() {
         })
     });
 }
+
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[test]
+fn controllers_and_scheduler_run_as_separate_processes_with_leases() {
+    let s = Server::start_with(env!("CARGO_BIN_EXE_berth"), &["--disable-controllers", "--disable-scheduler"]);
+    let spawn = |args: &[&str]| {
+        Process(Command::new(env!("CARGO_BIN_EXE_berth")).args(args).arg("--kubeconfig").arg(s.kubeconfig()).stdout(Stdio::null()).stderr(Stdio::null()).spawn().expect("spawn berth"))
+    };
+    let _cm = spawn(&["controller-manager"]);
+    let _sched = spawn(&["scheduler"]);
+    let _nodes = SimNodes::start(&s, "sim-", 1);
+    s.ok(&["create", "deployment", "web", "--image=nginx", "--replicas=2"]);
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    for lease in ["kube-controller-manager", "kube-scheduler"] {
+        let holder = s.get_json(&["-n", "kube-system", "lease", lease])["spec"]["holderIdentity"].as_str().unwrap_or("").to_string();
+        assert!(!holder.is_empty(), "{lease} has no holder");
+    }
+}
