@@ -148,3 +148,53 @@ fn controllers_and_scheduler_run_as_separate_processes_with_leases() {
         assert!(!holder.is_empty(), "{lease} has no holder");
     }
 }
+
+#[test]
+fn blue_green_and_canary_examples() {
+    let s = Server::start(env!("CARGO_BIN_EXE_berth"));
+    let _nodes = SimNodes::start(&s, "sim-", 2);
+    let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
+
+    s.ok(&["create", "namespace", "bg"]);
+    s.ok(&["-n", "bg", "apply", "-f", &format!("{examples}/blue-green/app.yaml")]);
+    let in_bg = |images: Vec<String>| move |s: &Server| -> bool {
+        let got = endpoint_images_ns(s, "bg", "shop");
+        got == images
+    };
+    let blue = vec!["shop:1.0".to_string(); 3];
+    let green = vec!["shop:2.0".to_string(); 3];
+    wait_for("blue serves", Duration::from_secs(60), || in_bg(blue.clone())(&s));
+    s.ok(&["-n", "bg", "patch", "service", "shop", "-p", r#"{"spec":{"selector":{"app":"shop","track":"green"}}}"#]);
+    wait_for("green serves", Duration::from_secs(60), || in_bg(green.clone())(&s));
+    s.ok(&["-n", "bg", "patch", "service", "shop", "-p", r#"{"spec":{"selector":{"app":"shop","track":"blue"}}}"#]);
+    wait_for("rolled back to blue", Duration::from_secs(60), || in_bg(blue.clone())(&s));
+
+    s.ok(&["create", "namespace", "canary"]);
+    s.ok(&["-n", "canary", "apply", "-f", &format!("{examples}/canary/app.yaml")]);
+    let split = |stable: usize, canary: usize| {
+        let mut want = vec!["shop:1.0".to_string(); stable];
+        want.extend(vec!["shop:2.0".to_string(); canary]);
+        want
+    };
+    wait_for("9:1 split", Duration::from_secs(60), || endpoint_images_ns(&s, "canary", "shop") == split(9, 1));
+    s.ok(&["-n", "canary", "scale", "deployment", "shop-canary", "--replicas=5"]);
+    s.ok(&["-n", "canary", "scale", "deployment", "shop-stable", "--replicas=5"]);
+    wait_for("5:5 split", Duration::from_secs(60), || endpoint_images_ns(&s, "canary", "shop") == split(5, 5));
+}
+
+fn endpoint_images_ns(s: &Server, ns: &str, service: &str) -> Vec<String> {
+    let slices = s.get_json(&["-n", ns, "endpointslices", "-l", &format!("kubernetes.io/service-name={service}")]);
+    let mut images = Vec::new();
+    for slice in slices["items"].as_array().cloned().unwrap_or_default() {
+        for ep in slice["endpoints"].as_array().cloned().unwrap_or_default() {
+            if ep["conditions"]["ready"] == true
+                && let Some(name) = ep["targetRef"]["name"].as_str()
+            {
+                let pod = s.get_json(&["-n", ns, "pod", name]);
+                images.push(pod["spec"]["containers"][0]["image"].as_str().unwrap_or("").to_string());
+            }
+        }
+    }
+    images.sort();
+    images
+}
