@@ -198,3 +198,22 @@ fn endpoint_images_ns(s: &Server, ns: &str, service: &str) -> Vec<String> {
     images.sort();
     images
 }
+
+#[test]
+fn disruption_budgets_and_quotas_report_status() {
+    let s = Server::start(env!("CARGO_BIN_EXE_berth"));
+    let _nodes = SimNodes::start(&s, "sim-", 1);
+    s.ok(&["create", "quota", "small", "--hard=pods=10,requests.cpu=2,count/deployments.apps=5"]);
+    s.ok(&["create", "deployment", "web", "--image=nginx", "--replicas=4"]);
+    s.ok(&["create", "poddisruptionbudget", "web", "--selector=app=web", "--min-available=75%"]);
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    wait_for("pdb status", Duration::from_secs(30), || {
+        let pdb = s.get_json(&["pdb", "web"]);
+        let st = &pdb["status"];
+        st["expectedPods"] == 4 && st["currentHealthy"] == 4 && st["desiredHealthy"] == 3 && st["disruptionsAllowed"] == 1
+    });
+    wait_for("quota usage", Duration::from_secs(30), || {
+        let used = s.get_json(&["quota", "small"])["status"]["used"].clone();
+        used["pods"] == "4" && used["count/deployments.apps"] == "1" && used["requests.cpu"] == "0"
+    });
+}

@@ -9,6 +9,7 @@ pub mod cache;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
+pub mod disruption;
 pub mod endpoints;
 pub mod events;
 pub mod garbage_collector;
@@ -57,6 +58,7 @@ pub async fn run_all(client: kube::Client, options: Options) {
         nodelifecycle::run(client.clone(), options.node_monitor_grace_period),
         podgc::run(client.clone()),
         resourcequota::run(client.clone()),
+        disruption::run(client.clone()),
         job::run(client.clone()),
         cronjob::run(client.clone()),
     );
