@@ -340,6 +340,17 @@ impl Api {
         {
             return Err(ApiError::stale(def, name));
         }
+        // A uid in the body is a precondition: the write is for that object, not a namesake
+        // created since (the kubelet's status patches rely on this).
+        if let Some(uid) = objects::meta_str(&new, "uid").filter(|u| !u.is_empty())
+            && Some(uid) != objects::meta_str(&old, "uid")
+        {
+            return Err(ApiError::conflict(
+                def,
+                name,
+                &format!("Precondition failed: UID in precondition: {uid}, UID in object meta: {}", objects::meta_str(&old, "uid").unwrap_or("")),
+            ));
+        }
         let mut warnings = Vec::new();
         let mut new = self.decode_typed(def, new, opts.field_validation, &mut warnings)?;
         // Server-owned metadata cannot be changed by a client.

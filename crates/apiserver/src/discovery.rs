@@ -85,6 +85,7 @@ fn resource_entries(def: &ResourceDef) -> Vec<Value> {
     }
     if def.group.is_empty() && def.kind == "Pod" {
         out.push(json!({"name": "pods/binding", "singularName": "", "namespaced": true, "kind": "Binding", "verbs": ["create"]}));
+        out.push(json!({"name": "pods/eviction", "singularName": "", "namespaced": true, "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}));
     }
     out
 }
@@ -122,6 +123,10 @@ pub fn aggregated(registry: &Registry, core: bool, api_version: &str) -> Value {
                             }
                             if def.scale.is_some() {
                                 subresources.push(json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));
+                            }
+                            if def.group.is_empty() && def.kind == "Pod" {
+                                subresources.push(json!({"subresource": "binding", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));
+                                subresources.push(json!({"subresource": "eviction", "responseKind": {"group": "policy", "version": "v1", "kind": "Eviction"}, "verbs": ["create"]}));
                             }
                             let mut r = json!({
                                 "resource": def.plural,

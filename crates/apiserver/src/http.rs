@@ -354,7 +354,7 @@ async fn serve_resource(server: &Arc<Server>, req: http::Request<hyper::body::In
         Some("scale") if def.scale.is_some() => Some(Subresource::Scale),
         Some("finalize") if def.kind == "Namespace" && def.group.is_empty() => Some(Subresource::Status),
         // pods/binding is create-only and handled below.
-        Some("binding") if def.kind == "Pod" && def.group.is_empty() && method == Method::POST => None,
+        Some("binding" | "eviction") if def.kind == "Pod" && def.group.is_empty() && method == Method::POST => None,
         Some(other) => return Err(("", ApiError::not_found_path(other))),
     };
     let finalize = target.subresource.as_deref() == Some("finalize");
@@ -408,6 +408,13 @@ async fn serve_resource(server: &Arc<Server>, req: http::Request<hyper::body::In
             let raw = read_body(req.into_body()).await.map_err(|e| ("create", e))?;
             let body = decode_object(&header_str(&headers, header::CONTENT_TYPE), &raw).map_err(|e| ("create", e))?;
             let status = crate::binding::bind(api, &def, ns, name, &body).await.map_err(|e| ("create", e))?;
+            Ok(("create", json_response(201, &status)))
+        }
+        (&Method::POST, Some(name)) if def.kind == "Pod" && def.group.is_empty() && target.subresource.as_deref() == Some("eviction") => {
+            let opts = query.write_options(&headers).map_err(|e| ("create", e))?;
+            let raw = read_body(req.into_body()).await.map_err(|e| ("create", e))?;
+            let body = decode_object(&header_str(&headers, header::CONTENT_TYPE), &raw).map_err(|e| ("create", e))?;
+            let status = crate::eviction::evict(api, &def, ns, name, &body, opts.dry_run).await.map_err(|e| ("create", e))?;
             Ok(("create", json_response(201, &status)))
         }
         (&Method::PUT, Some(name)) => {

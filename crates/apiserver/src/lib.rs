@@ -16,6 +16,7 @@ pub mod conversion;
 pub mod crd;
 pub mod crd_controller;
 pub mod discovery;
+pub mod eviction;
 pub mod http;
 pub mod list;
 pub mod metrics;

@@ -90,6 +90,26 @@ fn parse_set(key: &str, rest: &str, whole: &str) -> Result<Vec<String>, Selector
 }
 
 impl LabelSelector {
+    /// A metav1.LabelSelector object (`matchLabels`, `matchExpressions`); `None` if malformed.
+    pub fn from_value(selector: &Value) -> Option<Self> {
+        let mut parts: Vec<String> = Vec::new();
+        for (k, v) in selector.get("matchLabels").and_then(Value::as_object).into_iter().flatten() {
+            parts.push(format!("{k}={}", v.as_str()?));
+        }
+        for expr in selector.get("matchExpressions").and_then(Value::as_array).into_iter().flatten() {
+            let key = expr.get("key")?.as_str()?;
+            let values: Vec<&str> = expr.get("values").and_then(Value::as_array).map(|v| v.iter().filter_map(Value::as_str).collect()).unwrap_or_default();
+            parts.push(match expr.get("operator")?.as_str()? {
+                "In" => format!("{key} in ({})", values.join(",")),
+                "NotIn" => format!("{key} notin ({})", values.join(",")),
+                "Exists" => key.to_string(),
+                "DoesNotExist" => format!("!{key}"),
+                _ => return None,
+            });
+        }
+        Self::parse(&parts.join(",")).ok()
+    }
+
     pub fn parse(s: &str) -> Result<Self, SelectorError> {
         let mut requirements = Vec::new();
         for part in split_requirements(s)? {

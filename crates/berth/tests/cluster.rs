@@ -217,3 +217,26 @@ fn disruption_budgets_and_quotas_report_status() {
         used["pods"] == "4" && used["count/deployments.apps"] == "1" && used["requests.cpu"] == "0"
     });
 }
+
+#[test]
+fn drain_evicts_within_the_disruption_budget() {
+    let s = Server::start(env!("CARGO_BIN_EXE_berth"));
+    let _a = SimNodes::start(&s, "a-", 1);
+    s.ok(&["create", "deployment", "web", "--image=nginx", "--replicas=2"]);
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    s.ok(&["create", "poddisruptionbudget", "web", "--selector=app=web", "--min-available=2"]);
+    wait_for("pdb observed", Duration::from_secs(30), || s.get_json(&["pdb", "web"])["status"]["currentHealthy"] == 2);
+    // The budget allows no disruption: drain gives up rather than break it.
+    let err = s.fails(&["drain", "a-0", "--ignore-daemonsets", "--timeout=5s"]);
+    assert!(err.contains("disruption budget"), "{err}");
+    assert!(s.get_json(&["node", "a-0"])["spec"]["unschedulable"] == true, "drain cordons first");
+    // A second node and a looser budget: drain moves the pods.
+    let _b = SimNodes::start(&s, "b-", 1);
+    s.ok(&["patch", "pdb", "web", "--type=merge", "-p", r#"{"spec":{"minAvailable":1}}"#]);
+    wait_for("pdb allows one", Duration::from_secs(30), || s.get_json(&["pdb", "web"])["status"]["disruptionsAllowed"] == 1);
+    s.ok(&["drain", "a-0", "--ignore-daemonsets", "--timeout=90s"]);
+    wait_for("pods on b-0", Duration::from_secs(60), || {
+        let pods = running_pods(&s, "app=web");
+        pods.len() == 2 && pods.iter().all(|p| p["spec"]["nodeName"] == "b-0")
+    });
+}

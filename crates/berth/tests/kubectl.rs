@@ -546,3 +546,14 @@ fn events_are_one_resource_in_core_and_events_k8s_io() {
     let table = s.ok(&["get", "events"]);
     assert!(table.contains("Started container web") && table.contains("Successfully assigned"), "{table}");
 }
+
+#[test]
+fn a_uid_in_the_body_is_a_precondition() {
+    let s = server();
+    configmap(&s, "same-name", "");
+    let mut cm = s.get_json(&["configmap", "same-name"]);
+    cm["metadata"]["uid"] = Value::String("00000000-0000-0000-0000-000000000000".into());
+    cm["metadata"].as_object_mut().unwrap().remove("resourceVersion");
+    let err = s.kubectl_stdin(&["replace", "-f", "-"], &cm.to_string());
+    assert!(String::from_utf8_lossy(&err.stderr).contains("Precondition failed: UID in precondition"), "{}", String::from_utf8_lossy(&err.stderr));
+}

@@ -70,7 +70,7 @@ async fn simulated_nodes_run_pods_like_a_kubelet() {
         finish_after: Duration::from_secs(1),
         ..Default::default()
     };
-    let sim = tokio::spawn(simnodes::run(client.clone(), options));
+    let sim = tokio::spawn(simnodes::run(client.clone(), options.clone()));
     let nodes: Api<Node> = Api::all(client.clone());
     let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
     let pods: Api<Pod> = Api::namespaced(client.clone(), "default");
@@ -194,8 +194,24 @@ async fn simulated_nodes_run_pods_like_a_kubelet() {
     .await;
     // Three heartbeat periods without a renewal.
     tokio::time::sleep(Duration::from_secs(3)).await;
-    for (i, before) in before.into_iter().enumerate() {
+    for (i, before) in before.iter().enumerate() {
         let after = renew_time(&leases.get(&format!("sim-{i}")).await.unwrap());
-        assert_eq!(after, before, "lease sim-{i} not renewed after the simulator stopped");
+        assert_eq!(after, *before, "lease sim-{i} not renewed after the simulator stopped");
     }
+
+    // Started again, it takes over its nodes and the pods still running on them: their status
+    // is left as it is and their addresses are not handed out again.
+    let web2_before = pods.get("web2").await.unwrap();
+    let sim = tokio::spawn(simnodes::run(client.clone(), options));
+    eventually("lease renewed after restart", wait, || async { renew_time(&leases.get("sim-1").await.unwrap()).filter(|t| Some(*t) > before[1]) }).await;
+    pods.create(&PostParams::default(), &pod("web3", "sim-1", "Always", None)).await.unwrap();
+    pods.create(&PostParams::default(), &pod("web4", "sim-1", "Always", None)).await.unwrap();
+    let ip3 = running("web3").await.status.unwrap().pod_ip.unwrap();
+    let ip4 = running("web4").await.status.unwrap().pod_ip.unwrap();
+    assert!(ip3 != ip2 && ip4 != ip2 && ip3 != ip4, "addresses stay unique across a restart: {ip2}, {ip3}, {ip4}");
+    let web2_after = pods.get("web2").await.unwrap();
+    assert_eq!(web2_after.metadata.resource_version, web2_before.metadata.resource_version, "a running pod is not rewritten");
+    let node = nodes.get("sim-1").await.unwrap();
+    assert_eq!(node.spec.as_ref().unwrap().pod_cidr.as_deref(), Some(sim1_cidr.as_str()));
+    sim.abort();
 }
