@@ -80,13 +80,58 @@ impl<K: Resource> State<K> {
 /// What changed: `(old, new)`; `new` is `None` for a delete.
 pub type OnChange<K> = Box<dyn Fn(Option<&K>, Option<&K>) + Send + Sync>;
 
+/// The informers of this process, one per type and URL (client-go's shared informer factory):
+/// every controller asking for pods gets the same cache, so a pod is held once, not once per
+/// controller (typed objects are large: a copy per controller cost ~15 KB per pod each).
+type Handlers<K> = Arc<RwLock<Vec<Arc<dyn Fn(Option<&K>, Option<&K>) + Send + Sync>>>>;
+
+struct SharedEntry<K> {
+    cache: Cache<K>,
+    handlers: Handlers<K>,
+}
+
+fn registry() -> &'static std::sync::Mutex<HashMap<(std::any::TypeId, String), Box<dyn std::any::Any + Send + Sync>>> {
+    static REGISTRY: std::sync::OnceLock<std::sync::Mutex<HashMap<(std::any::TypeId, String), Box<dyn std::any::Any + Send + Sync>>>> = std::sync::OnceLock::new();
+    REGISTRY.get_or_init(Default::default)
+}
+
 impl<K> Cache<K>
 where
     K: Resource + Clone + DeserializeOwned + Debug + Send + Sync + 'static,
     K::DynamicType: Default,
 {
-    /// Starts watching `api`; `on_change` runs after the cache holds the change.
+    /// The process's informer for `api` (started on first use); `on_change` runs after the cache
+    /// holds each change, and first for every object already held.
     pub fn spawn(api: Api<K>, on_change: OnChange<K>) -> Self {
+        let key = (std::any::TypeId::of::<K>(), api.resource_url().to_string());
+        let handler: Arc<dyn Fn(Option<&K>, Option<&K>) + Send + Sync> = Arc::from(on_change);
+        let mut shared = registry().lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(entry) = shared.get(&key).and_then(|entry| entry.downcast_ref::<SharedEntry<K>>()) {
+            entry.handlers.write().unwrap_or_else(|e| e.into_inner()).push(handler.clone());
+            let cache = entry.cache.clone();
+            drop(shared);
+            // A late subscriber first hears of what is already there (queues dedupe any overlap).
+            for obj in cache.all() {
+                handler(None, Some(obj.as_ref()));
+            }
+            return cache;
+        }
+        let handlers: Handlers<K> = Arc::new(RwLock::new(vec![handler]));
+        let fan_out = handlers.clone();
+        let cache = Self::spawn_one(
+            api,
+            Box::new(move |old, new| {
+                let current: Vec<_> = fan_out.read().unwrap_or_else(|e| e.into_inner()).clone();
+                for handler in current {
+                    handler(old, new);
+                }
+            }),
+        );
+        shared.insert(key, Box::new(SharedEntry { cache: cache.clone(), handlers }));
+        cache
+    }
+
+    fn spawn_one(api: Api<K>, on_change: OnChange<K>) -> Self {
         let state: Arc<RwLock<State<K>>> = Arc::default();
         let (synced_tx, synced) = watch::channel(false);
         let cache = Self { state: state.clone(), synced };
