@@ -73,7 +73,9 @@ impl Drop for TempDir {
 }
 
 /// Starts `berth server` on a free loopback port and waits for its kubeconfig and /readyz.
-pub(crate) async fn start_child() -> anyhow::Result<(Child, PathBuf)> {
+/// `extra` are server flags (the API bench turns the controllers and scheduler off: it measures
+/// the API server, and a scheduler answering thousands of node-less pods is another workload).
+pub(crate) async fn start_child(extra: &[&str]) -> anyhow::Result<(Child, PathBuf)> {
     let dir = std::env::temp_dir().join(format!("berth-bench-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir)?;
@@ -82,6 +84,7 @@ pub(crate) async fn start_child() -> anyhow::Result<(Child, PathBuf)> {
         .args(["server", "--data-dir"])
         .arg(&dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
+        .args(extra)
         .env("BERTH_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .spawn()
@@ -122,7 +125,7 @@ async fn api(args: ApiBench) -> anyhow::Result<()> {
     let (child, kubeconfig) = match &args.kubeconfig {
         Some(k) => (None, k.clone()),
         None => {
-            let (c, k) = start_child().await?;
+            let (c, k) = start_child(&["--disable-controllers", "--disable-scheduler"]).await?;
             (Some(c), k)
         }
     };
@@ -131,6 +134,9 @@ async fn api(args: ApiBench) -> anyhow::Result<()> {
     let ns = format!("bench-{}", std::process::id());
     client.must("POST", "/api/v1/namespaces", Some(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}))).await?;
     println!("berth bench api: {} clients, {} creates, {} pods, {} watchers", args.clients, args.creates, args.pods, args.watchers);
+    if child.is_some() {
+        println!("(the API server alone: controllers and scheduler disabled; `berth bench scheduler` measures them)");
+    }
 
     // 1. ConfigMap creates from concurrent clients.
     let started = Instant::now();

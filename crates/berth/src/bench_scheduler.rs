@@ -35,7 +35,7 @@ async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
 }
 
 pub async fn run(args: SchedulerBench) -> anyhow::Result<()> {
-    let (child, kubeconfig) = start_child().await?;
+    let (child, kubeconfig) = start_child(&[]).await?;
     let pid = child.process.id();
     let client = client(&kubeconfig).await?;
     println!("berth bench scheduler: {} nodes, {} pods in {} deployments", args.nodes, args.pods, args.deployments);
