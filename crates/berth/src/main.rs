@@ -2,6 +2,7 @@
 
 mod bench;
 mod bench_scheduler;
+mod images;
 
 // Under write load glibc malloc took a quarter of the server's CPU (arena locks, consolidation);
 // with mimalloc `berth bench api` creates 45% more ConfigMaps per second (4,800 -> 6,900/s).
@@ -47,6 +48,11 @@ enum Command {
     Bench {
         #[command(subcommand)]
         what: bench::BenchCommand,
+    },
+    /// Build the node's pause and busybox images and import them into containerd.
+    Images {
+        #[command(subcommand)]
+        what: images::ImagesCommand,
     },
 }
 
@@ -188,6 +194,7 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             Command::Bench { what } => bench::run(what).await,
+            Command::Images { what } => images::run(what).await,
         }
     })
 }
