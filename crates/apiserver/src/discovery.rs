@@ -86,6 +86,7 @@ fn resource_entries(def: &ResourceDef) -> Vec<Value> {
     if def.group.is_empty() && def.kind == "Pod" {
         out.push(json!({"name": "pods/binding", "singularName": "", "namespaced": true, "kind": "Binding", "verbs": ["create"]}));
         out.push(json!({"name": "pods/eviction", "singularName": "", "namespaced": true, "group": "policy", "version": "v1", "kind": "Eviction", "verbs": ["create"]}));
+        out.push(json!({"name": "pods/log", "singularName": "", "namespaced": true, "kind": "Pod", "verbs": ["get"]}));
     }
     out
 }
@@ -127,6 +128,7 @@ pub fn aggregated(registry: &Registry, core: bool, api_version: &str) -> Value {
                             if def.group.is_empty() && def.kind == "Pod" {
                                 subresources.push(json!({"subresource": "binding", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));
                                 subresources.push(json!({"subresource": "eviction", "responseKind": {"group": "policy", "version": "v1", "kind": "Eviction"}, "verbs": ["create"]}));
+                                subresources.push(json!({"subresource": "log", "responseKind": {"group": "", "version": "v1", "kind": "Pod"}, "verbs": ["get"]}));
                             }
                             let mut r = json!({
                                 "resource": def.plural,

@@ -30,6 +30,8 @@ pub struct Server {
     pub advertise_address: String,
     /// Bearer tokens accepted in place of a client certificate, with the identity each stands for.
     pub tokens: HashMap<String, Identity>,
+    /// Connections to nodes' agents (pods/log).
+    pub nodes: Arc<crate::node_proxy::NodeClient>,
 }
 
 pub fn full(body: impl Into<Bytes>) -> Body {
@@ -347,6 +349,16 @@ async fn serve_resource(server: &Arc<Server>, req: http::Request<hyper::body::In
     let api = &server.api;
     let def = target.def.clone();
     let ns = target.namespace.as_deref();
+    let is_pod = def.kind == "Pod" && def.group.is_empty();
+    if let (true, Some("log"), Some(name)) = (is_pod, target.subresource.as_deref(), target.name.as_deref()) {
+        // A text stream from the node, not an object: no content negotiation; upstream's metrics
+        // count it as CONNECT.
+        if method != Method::GET {
+            return Err(("", ApiError::method_not_allowed("the server does not allow this method on the requested resource")));
+        }
+        let resp = crate::pod_log::serve(server, &def, ns.unwrap_or_default(), name, req.uri().query()).await.map_err(|e| ("connect", e))?;
+        return Ok(("connect", resp));
+    }
     let format = negotiate(&headers).map_err(|e| ("", e))?;
     let sub = match target.subresource.as_deref() {
         None => None,

@@ -20,9 +20,11 @@ pub mod eviction;
 pub mod http;
 pub mod list;
 pub mod metrics;
+pub mod node_proxy;
 pub mod objects;
 pub mod openapi_docs;
 pub mod patching;
+pub mod pod_log;
 pub mod protobuf;
 pub mod printers;
 pub mod resources;
@@ -108,6 +110,7 @@ pub async fn serve(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
     let kubeconfig = config.data_dir.join("admin.kubeconfig");
     pki.write_admin_kubeconfig(&kubeconfig, &server_url)?;
     let tls_config = pki.server_config()?;
+    let nodes = Arc::new(node_proxy::NodeClient::new(&pki.kubelet_client_cert_pem, &pki.kubelet_client_key_pem)?);
 
     let metrics = Arc::new(metrics::Metrics::default());
     let store: Arc<dyn Store> = Arc::new(metrics::MeteredStore::new(store, metrics.clone()));
@@ -131,6 +134,7 @@ pub async fn serve(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
         openapi,
         advertise_address: addr.to_string(),
         tokens: HashMap::new(),
+        nodes,
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let accept_server = server.clone();

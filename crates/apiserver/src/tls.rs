@@ -1,6 +1,8 @@
 //! The cluster's certificates: a CA made on first start, a serving certificate for the API, an
-//! admin client certificate, and the admin kubeconfig that carries them. Everything is kept under
-//! `DATA/pki` and reused on later starts, so kubeconfigs stay valid across restarts.
+//! admin client certificate, and the admin kubeconfig that carries them; and the client
+//! certificate the API server presents to nodes' agents (`kubectl logs`, later exec and
+//! port-forward), which agents verify against the CA. Everything is kept under `DATA/pki` and
+//! reused on later starts, so kubeconfigs stay valid across restarts.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -40,6 +42,15 @@ fn write(path: &Path, contents: &str, private: bool) -> Result<(), TlsError> {
     std::fs::rename(&tmp, path).map_err(io)
 }
 
+/// Files under `DATA/pki`. Agents trust API server connections that present a certificate
+/// signed by [`CA_CERT`]; the API server's is [`KUBELET_CLIENT_CERT`] (its subject is
+/// [`KUBELET_CLIENT_USER`] in group `system:masters`, as kubeadm's apiserver-kubelet-client).
+pub const CA_CERT: &str = "ca.crt";
+pub const KUBELET_CLIENT_CERT: &str = "kubelet-client.crt";
+pub const KUBELET_CLIENT_KEY: &str = "kubelet-client.key";
+/// The user the API server is when it calls an agent.
+pub const KUBELET_CLIENT_USER: &str = "kube-apiserver-kubelet-client";
+
 pub struct Pki {
     pub dir: PathBuf,
     pub ca_pem: String,
@@ -47,6 +58,9 @@ pub struct Pki {
     pub server_key_pem: String,
     pub admin_cert_pem: String,
     pub admin_key_pem: String,
+    /// The API server's client certificate towards nodes' agents.
+    pub kubelet_client_cert_pem: String,
+    pub kubelet_client_key_pem: String,
 }
 
 fn ca_params() -> CertificateParams {
@@ -66,7 +80,7 @@ impl Pki {
     /// addresses the serving certificate must cover.
     pub fn load_or_create(dir: &Path, hosts: &[String]) -> Result<Self, TlsError> {
         std::fs::create_dir_all(dir).map_err(|source| TlsError::Io { path: dir.into(), source })?;
-        let ca_cert_path = dir.join("ca.crt");
+        let ca_cert_path = dir.join(CA_CERT);
         let ca_key_path = dir.join("ca.key");
         if !ca_cert_path.exists() || !ca_key_path.exists() {
             let key = KeyPair::generate()?;
@@ -115,6 +129,15 @@ impl Pki {
             write(&admin_key_path, &key, true)?;
             write(&admin_cert_path, &cert, false)?;
         }
+
+        // Made on first start of a version that has it, so existing data dirs gain it too.
+        let kubelet_client_cert_path = dir.join(KUBELET_CLIENT_CERT);
+        let kubelet_client_key_path = dir.join(KUBELET_CLIENT_KEY);
+        if !kubelet_client_cert_path.exists() || !kubelet_client_key_path.exists() {
+            let (cert, key) = issue_client_cert(&issuer, KUBELET_CLIENT_USER, &["system:masters"])?;
+            write(&kubelet_client_key_path, &key, true)?;
+            write(&kubelet_client_cert_path, &cert, false)?;
+        }
         Ok(Self {
             dir: dir.into(),
             ca_pem,
@@ -122,6 +145,8 @@ impl Pki {
             server_key_pem: read(&server_key_path)?,
             admin_cert_pem: read(&admin_cert_path)?,
             admin_key_pem: read(&admin_key_path)?,
+            kubelet_client_cert_pem: read(&kubelet_client_cert_path)?,
+            kubelet_client_key_pem: read(&kubelet_client_key_path)?,
         })
     }
 
