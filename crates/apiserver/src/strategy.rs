@@ -125,6 +125,11 @@ pub fn apply_defaults(def: &ResourceDef, obj: &mut Value) {
             default_job_spec(obj, &["spec", "jobTemplate", "spec"]);
         }
         ("", "Service") => default_service(obj),
+        ("", "Node") => {
+            if let Some(spec) = object_at(obj, &["spec"]) {
+                crate::validation::default_node_pod_cidrs(spec);
+            }
+        }
         ("", "Namespace") => {
             let name = crate::objects::name(obj).to_string();
             if !name.is_empty() {
@@ -343,6 +348,7 @@ pub fn validate(def: &ResourceDef, obj: &Value, old: Option<&Value>) -> Vec<Caus
             validate_pod_spec(obj.pointer("/spec/jobTemplate/spec/template/spec"), "spec.jobTemplate.spec.template.spec", &mut causes);
         }
         ("", "Service") => validate_service(obj, old, &mut causes),
+        ("", "Node") => crate::validation::validate_node(obj, old, &mut causes),
         ("", "ConfigMap" | "Secret") => {
             for field in ["data", "binaryData", "stringData"] {
                 if let Some(map) = obj.get(field).and_then(Value::as_object) {

@@ -1,7 +1,7 @@
-//! The name and metadata rules every kind shares, worded as upstream words them so users see the
-//! same messages they would from kube-apiserver.
+//! The name and metadata rules every kind shares, and rules of a few kinds, worded as upstream
+//! words them so users see the same messages they would from kube-apiserver.
 
-use serde_json::Value;
+use serde_json::{Value, json};
 
 use crate::status::Cause;
 
@@ -163,9 +163,106 @@ pub fn validate_object_meta(meta: &serde_json::Map<String, Value>, rule: NameRul
     }
 }
 
+/// `a.b.c.d/n` or `x::y/n`; true for IPv6.
+fn parse_cidr(text: &str) -> Option<bool> {
+    let (ip, prefix) = text.split_once('/')?;
+    let ip: std::net::IpAddr = ip.parse().ok()?;
+    let prefix: u8 = prefix.parse().ok()?;
+    let v6 = ip.is_ipv6();
+    (prefix <= if v6 { 128 } else { 32 }).then_some(v6)
+}
+
+/// The v1 API's two views of one list (the internal type has only `podCIDRs`): a `podCIDR` that
+/// disagrees with `podCIDRs[0]` wins, for older clients; then `podCIDR` mirrors `podCIDRs[0]`.
+pub fn default_node_pod_cidrs(spec: &mut serde_json::Map<String, Value>) {
+    let single = spec.get("podCIDR").and_then(Value::as_str).unwrap_or("").to_string();
+    let list: Vec<String> = spec.get("podCIDRs").and_then(Value::as_array).map(|l| l.iter().filter_map(|c| c.as_str().map(str::to_string)).collect()).unwrap_or_default();
+    let list = if !single.is_empty() && list.first() != Some(&single) { vec![single] } else { list };
+    if let Some(first) = list.first() {
+        spec.insert("podCIDR".into(), json!(first));
+        spec.insert("podCIDRs".into(), json!(list));
+    }
+}
+
+/// Upstream's ValidateNode and ValidateNodeUpdate for the spec fields only the node IPAM
+/// controller or a cloud provider set, once: `podCIDRs` and `providerID`.
+pub fn validate_node(node: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
+    let cidrs = |n: &Value| -> Vec<Value> { n.pointer("/spec/podCIDRs").and_then(Value::as_array).cloned().unwrap_or_default() };
+    let list = cidrs(node);
+    let mut families = Vec::new();
+    for (i, cidr) in list.iter().enumerate() {
+        match cidr.as_str().and_then(parse_cidr) {
+            Some(v6) => families.push(v6),
+            None => causes.push(Cause::invalid(format!("spec.podCIDRs[{i}]"), cidr, "must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)")),
+        }
+    }
+    if list.len() > 2 || (list.len() == 2 && families.len() == 2 && families[0] == families[1]) {
+        causes.push(Cause::invalid("spec.podCIDRs", &Value::Array(list.clone()), "may specify no more than one CIDR for each IP family"));
+    }
+    let Some(old) = old else { return };
+    let old_list = cidrs(old);
+    const PODCIDR_CHANGE: &str = "node updates may not change podCIDR except from \"\" to valid";
+    if !old_list.is_empty() {
+        if old_list.len() != list.len() {
+            causes.push(Cause::forbidden("spec.podCIDRs", PODCIDR_CHANGE));
+        } else {
+            for (a, b) in old_list.iter().zip(&list) {
+                if a != b {
+                    causes.push(Cause::forbidden("spec.podCIDRs", PODCIDR_CHANGE));
+                }
+            }
+        }
+    }
+    let provider = |n: &Value| n.pointer("/spec/providerID").and_then(Value::as_str).unwrap_or("").to_string();
+    let old_provider = provider(old);
+    if !old_provider.is_empty() && old_provider != provider(node) {
+        causes.push(Cause::forbidden("spec.providerID", "node updates may not change providerID except from \"\" to valid"));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn node(spec: Value) -> Value {
+        let mut node = json!({"metadata": {"name": "n"}, "spec": spec});
+        if let Some(spec) = node["spec"].as_object_mut() {
+            default_node_pod_cidrs(spec);
+        }
+        node
+    }
+
+    fn messages(node: &Value, old: Option<&Value>) -> Vec<String> {
+        let mut causes = Vec::new();
+        validate_node(node, old, &mut causes);
+        causes.iter().map(|c| format!("{}: {}", c.field, c.message)).collect()
+    }
+
+    #[test]
+    fn node_pod_cidrs_are_set_once() {
+        let single = node(json!({"podCIDR": "10.42.0.0/24"}));
+        assert_eq!(single["spec"]["podCIDRs"], json!(["10.42.0.0/24"]));
+        let dual = node(json!({"podCIDRs": ["10.42.0.0/24", "fd00::/64"]}));
+        assert_eq!(dual["spec"]["podCIDR"], "10.42.0.0/24");
+        assert_eq!(node(json!({"podCIDR": "10.1.0.0/24", "podCIDRs": ["10.42.0.0/24"]}))["spec"]["podCIDRs"], json!(["10.1.0.0/24"]));
+        assert!(messages(&dual, None).is_empty());
+        assert!(messages(&single, Some(&node(json!({})))).is_empty(), "from none to one is allowed");
+        assert_eq!(
+            messages(&node(json!({"podCIDR": "10.42.9.0/24"})), Some(&single)),
+            ["spec.podCIDRs: Forbidden: node updates may not change podCIDR except from \"\" to valid"]
+        );
+        assert_eq!(messages(&node(json!({})), Some(&single)).len(), 1, "nor may it be cleared");
+        assert_eq!(
+            messages(&node(json!({"podCIDRs": ["10.42.0.0/24", "10.43.0.0/24"]})), None),
+            ["spec.podCIDRs: Invalid value: [\"10.42.0.0/24\",\"10.43.0.0/24\"]: may specify no more than one CIDR for each IP family"]
+        );
+        assert_eq!(
+            messages(&node(json!({"podCIDR": "10.42.0.0"})), None),
+            ["spec.podCIDRs[0]: Invalid value: \"10.42.0.0\": must be a valid CIDR value, (e.g. 10.9.8.0/24 or 2001:db8::/64)"]
+        );
+        let with_provider = node(json!({"providerID": "berth://a"}));
+        assert_eq!(messages(&node(json!({"providerID": "berth://b"})), Some(&with_provider)).len(), 1);
+    }
 
     #[test]
     fn names() {
