@@ -85,6 +85,8 @@ pub(crate) async fn start_child(extra: &[&str]) -> anyhow::Result<(Child, PathBu
         .arg(&dir)
         .args(["--listen", &format!("127.0.0.1:{port}")])
         .args(extra)
+        // Benchmarks measure the control plane; a node agent would need containerd.
+        .arg("--disable-agent")
         .env("BERTH_LOG", "warn")
         .stdin(std::process::Stdio::null())
         .spawn()

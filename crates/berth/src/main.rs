@@ -42,6 +42,9 @@ enum Command {
         #[arg(long = "node-monitor-grace-period", default_value = "40s", value_parser = parse_duration)]
         node_monitor_grace_period: std::time::Duration,
     },
+    /// Run a node agent (the kubelet's job) against a cluster: pods bound to this node run in
+    /// containers through containerd.
+    Agent(AgentArgs),
     /// Register simulated nodes that run pods without containers (for tests and scale, as KWOK).
     SimNodes(SimNodesArgs),
     /// Measure a running or self-started server.
@@ -61,6 +64,73 @@ pub struct ClientArgs {
     /// The cluster to talk to.
     #[arg(long, env = "KUBECONFIG")]
     pub kubeconfig: PathBuf,
+}
+
+#[derive(clap::Args, Clone)]
+pub struct AgentArgs {
+    #[command(flatten)]
+    client: ClientArgs,
+    /// Where the agent keeps containerd, images, pod volumes and logs (DATA/agent).
+    #[arg(long, default_value = "/var/lib/berth")]
+    data_dir: PathBuf,
+    #[command(flatten)]
+    node: NodeArgs,
+}
+
+/// How this machine's node agent runs (`berth server` runs one too, unless --disable-agent).
+#[derive(clap::Args, Clone)]
+pub struct NodeArgs {
+    /// The Node's name (default: the hostname).
+    #[arg(long)]
+    node_name: Option<String>,
+    /// The address the node reports and serves its endpoint on (default: the default route's).
+    #[arg(long)]
+    node_ip: Option<String>,
+    /// Use this CRI socket instead of starting the agent's own containerd.
+    #[arg(long)]
+    container_runtime_endpoint: Option<PathBuf>,
+    /// Port of the agent's HTTPS endpoint (logs); 0 picks a free one.
+    #[arg(long, default_value_t = 10250)]
+    kubelet_port: u16,
+    /// The static busybox the sandbox image is built from.
+    #[arg(long, default_value = "/bin/busybox")]
+    busybox: PathBuf,
+    /// Labels for the Node, as KEY=VALUE (repeatable).
+    #[arg(long = "node-label", value_parser = parse_extended)]
+    node_labels: Vec<(String, String)>,
+}
+
+impl NodeArgs {
+    fn config(&self, data_dir: &std::path::Path, client_ca_pem: Option<String>) -> agent::AgentConfig {
+        agent::AgentConfig {
+            node_name: self.node_name.clone().unwrap_or_else(agent::default_node_name),
+            node_ip: self.node_ip.clone().unwrap_or_else(agent::default_node_ip),
+            dir: data_dir.join("agent"),
+            runtime_endpoint: self.container_runtime_endpoint.clone(),
+            port: self.kubelet_port,
+            busybox: self.busybox.clone(),
+            labels: self.node_labels.iter().cloned().collect(),
+            client_ca_pem,
+        }
+    }
+}
+
+/// The CA in a kubeconfig's current cluster: the agent trusts client certificates it signed.
+fn kubeconfig_ca(kubeconfig: &std::path::Path) -> anyhow::Result<Option<String>> {
+    use base64::Engine;
+    let config = kube::config::Kubeconfig::read_from(kubeconfig).context("reading the kubeconfig")?;
+    let current = config.current_context.clone().unwrap_or_default();
+    let cluster_name = config.contexts.iter().find(|c| c.name == current).and_then(|c| c.context.as_ref()).map(|c| c.cluster.clone()).unwrap_or_default();
+    let cluster = config.clusters.iter().find(|c| c.name == cluster_name).and_then(|c| c.cluster.as_ref());
+    let Some(cluster) = cluster else { return Ok(None) };
+    if let Some(data) = &cluster.certificate_authority_data {
+        let pem = base64::engine::general_purpose::STANDARD.decode(data.trim()).context("decoding certificate-authority-data")?;
+        return Ok(Some(String::from_utf8_lossy(&pem).into_owned()));
+    }
+    match &cluster.certificate_authority {
+        Some(path) => Ok(Some(std::fs::read_to_string(path).with_context(|| format!("reading {path}"))?)),
+        None => Ok(None),
+    }
 }
 
 #[derive(clap::Args, Clone)]
@@ -115,6 +185,11 @@ pub struct ServerArgs {
     /// after their tolerations (e.g. 40s).
     #[arg(long = "node-monitor-grace-period", default_value = "40s", value_parser = parse_duration)]
     pub node_monitor_grace_period: std::time::Duration,
+    /// Do not run a node agent in this process (a control-plane-only server).
+    #[arg(long)]
+    pub disable_agent: bool,
+    #[command(flatten)]
+    pub node: NodeArgs,
 }
 
 impl ServerArgs {
@@ -185,6 +260,15 @@ fn main() -> anyhow::Result<()> {
                 let client = client_for(&client.kubeconfig).await?;
                 run_controllers_as_leader(client, controllers::Options { node_monitor_grace_period }).await
             }
+            Command::Agent(args) => {
+                let client = client_for(&args.client.kubeconfig).await?;
+                let ca = kubeconfig_ca(&args.client.kubeconfig)?;
+                let running = agent::start(client, args.node.config(&args.data_dir, ca)).await.context("starting the node agent")?;
+                tokio::select! {
+                    _ = running.wait() => anyhow::bail!("the node agent stopped"),
+                    _ = tokio::signal::ctrl_c() => Ok(()),
+                }
+            }
             Command::SimNodes(args) => {
                 let client = client_for(&args.client.kubeconfig).await?;
                 let options = simnodes::SimOptions { count: args.count, prefix: args.prefix, cpu: args.cpu, memory: args.memory, pods: args.pods, extended: args.extended, ..Default::default() };
@@ -230,6 +314,13 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
             }
         });
     }
+    let _agent = if args.disable_agent {
+        None
+    } else {
+        let client = client_for(&running.kubeconfig).await?;
+        let ca = kubeconfig_ca(&running.kubeconfig)?;
+        Some(agent::start(client, args.node.config(&args.data_dir, ca)).await.context("starting the node agent (--disable-agent runs the control plane alone)")?)
+    };
     tracing::info!(address = %running.addr, kubeconfig = %running.kubeconfig.display(), "berth API server is serving");
     eprintln!("berth: serving on https://{}; export KUBECONFIG={}", running.addr, running.kubeconfig.display());
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

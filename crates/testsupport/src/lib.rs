@@ -43,6 +43,8 @@ pub struct Server {
     pub port: u16,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// Whether `berth server` runs its node agent (needs containerd; most tests run without).
+    agent: bool,
 }
 
 fn free_port() -> u16 {
@@ -58,12 +60,23 @@ impl Server {
 
     /// Starts with extra `berth server` flags.
     pub fn start_with(binary: &str, args: &[&str]) -> Self {
+        Self::start_inner(binary, args, false)
+    }
+
+    /// Starts with the node agent on (containerd, runc and CNI plugins must be installed:
+    /// scripts/setup). `args` are extra `berth server` flags.
+    pub fn start_with_agent(binary: &str, args: &[&str]) -> Self {
+        Self::start_inner(binary, args, true)
+    }
+
+    fn start_inner(binary: &str, args: &[&str], agent: bool) -> Self {
         let mut server = Self {
             binary: PathBuf::from(binary),
             dir: TempDir::new("server"),
             port: free_port(),
             child: None,
             extra_args: args.iter().map(|a| a.to_string()).collect(),
+            agent,
         };
         server.spawn();
         server
@@ -78,6 +91,7 @@ impl Server {
             .arg("--listen")
             .arg(format!("127.0.0.1:{}", self.port))
             .args(&self.extra_args)
+            .args(if self.agent { &[][..] } else { &["--disable-agent"][..] })
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("log"))
             .stderr(log)

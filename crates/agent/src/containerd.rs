@@ -1,0 +1,224 @@
+//! The agent's own containerd, as k3s runs one: Debian's `containerd` binary with a config,
+//! root, state and socket under the agent's data directory, so it never touches a system
+//! containerd, and restarted when it dies.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use tokio::process::{Child, Command};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerdError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: std::io::Error },
+    #[error("cannot start {binary}: {source} (install containerd and runc, e.g. with scripts/setup)")]
+    Spawn { binary: String, source: std::io::Error },
+    #[error("containerd did not open {socket} within {seconds} s; its log is {log}")]
+    NotReady { socket: PathBuf, seconds: u64, log: PathBuf },
+}
+
+/// Where one containerd keeps everything.
+#[derive(Clone, Debug)]
+pub struct ContainerdPaths {
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    /// The CNI configuration directory containerd's CRI plugin reads.
+    pub cni_conf_dir: PathBuf,
+}
+
+impl ContainerdPaths {
+    pub fn under(agent_dir: &Path) -> Self {
+        let dir = agent_dir.join("containerd");
+        Self {
+            socket: dir.join("containerd.sock"),
+            config: dir.join("config.toml"),
+            log: dir.join("containerd.log"),
+            cni_conf_dir: agent_dir.join("cni").join("net.d"),
+            dir,
+        }
+    }
+}
+
+/// Settings containerd's CRI plugin needs from the agent.
+#[derive(Clone, Debug)]
+pub struct ContainerdSettings {
+    pub sandbox_image: String,
+    /// Where Debian's `containernetworking-plugins` put the plugin binaries.
+    pub cni_bin_dir: PathBuf,
+}
+
+impl Default for ContainerdSettings {
+    fn default() -> Self {
+        Self { sandbox_image: crate::PAUSE_IMAGE.to_string(), cni_bin_dir: PathBuf::from("/usr/lib/cni") }
+    }
+}
+
+/// containerd 1.6's config (version 2 schema). The CRI stream server (exec, attach,
+/// port-forward) listens on loopback on a free port: only the agent talks to it.
+fn config_toml(paths: &ContainerdPaths, settings: &ContainerdSettings) -> String {
+    let q = |p: &Path| toml_string(&p.display().to_string());
+    format!(
+        r#"version = 2
+root = {root}
+state = {state}
+# Snapshotters this machine cannot use only log errors at start; keep them out.
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+
+[grpc]
+  address = {socket}
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = {opt}
+
+[plugins."io.containerd.grpc.v1.cri"]
+  sandbox_image = {sandbox}
+  stream_server_address = "127.0.0.1"
+  stream_server_port = "0"
+  enable_selinux = false
+  restrict_oom_score_adj = {restrict_oom}
+  [plugins."io.containerd.grpc.v1.cri".containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
+        SystemdCgroup = false
+        # runc's state would otherwise be shared with a system containerd's (/run/containerd/runc).
+        Root = {runc_root}
+  [plugins."io.containerd.grpc.v1.cri".cni]
+    bin_dir = {cni_bin}
+    conf_dir = {cni_conf}
+"#,
+        root = q(&paths.dir.join("root")),
+        state = q(&paths.dir.join("state")),
+        socket = q(&paths.socket),
+        opt = q(&paths.dir.join("opt")),
+        sandbox = toml_string(&settings.sandbox_image),
+        cni_bin = q(&settings.cni_bin_dir),
+        restrict_oom = !can_lower_oom_score(),
+        runc_root = q(&paths.dir.join("state").join("runc")),
+        cni_conf = q(&paths.cni_conf_dir),
+    )
+}
+
+/// Lowering an OOM score (the sandbox's -998, Guaranteed pods' -997) needs CAP_SYS_RESOURCE.
+/// Without it (a container or a restricted VM) every sandbox would fail to start, so containerd is
+/// told to clamp scores to its own instead, as rootless setups do.
+fn can_lower_oom_score() -> bool {
+    const CAP_SYS_RESOURCE: u32 = 24;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| status.lines().find_map(|l| l.strip_prefix("CapEff:")).and_then(|hex| u64::from_str_radix(hex.trim(), 16).ok()))
+        .is_some_and(|caps| caps & (1 << CAP_SYS_RESOURCE) != 0)
+}
+
+fn toml_string(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A running containerd owned by the agent.
+pub struct Containerd {
+    pub paths: ContainerdPaths,
+    child: Child,
+}
+
+impl Containerd {
+    /// Writes the config and starts containerd; returns once its socket accepts connections.
+    pub async fn start(paths: ContainerdPaths, settings: ContainerdSettings) -> Result<Self, ContainerdError> {
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| ContainerdError::Io { path, source }
+        };
+        for dir in [&paths.dir, &paths.cni_conf_dir] {
+            std::fs::create_dir_all(dir).map_err(io(dir))?;
+        }
+        std::fs::write(&paths.config, config_toml(&paths, &settings)).map_err(io(&paths.config))?;
+        let child = spawn(&paths).await?;
+        let containerd = Self { paths, child };
+        containerd.wait_ready(Duration::from_secs(30)).await?;
+        Ok(containerd)
+    }
+
+    async fn wait_ready(&self, limit: Duration) -> Result<(), ContainerdError> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            if tokio::net::UnixStream::connect(&self.paths.socket).await.is_ok() {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Err(ContainerdError::NotReady { socket: self.paths.socket.clone(), seconds: limit.as_secs(), log: self.paths.log.clone() });
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Waits for containerd to exit and starts it again, forever. Containers keep running
+    /// meanwhile (their shims outlive containerd), so a restart loses nothing.
+    pub async fn supervise(mut self) {
+        loop {
+            let status = self.child.wait().await;
+            tracing::warn!(?status, log = %self.paths.log.display(), "containerd exited; restarting it");
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            match spawn(&self.paths).await {
+                Ok(child) => {
+                    self.child = child;
+                    if let Err(error) = self.wait_ready(Duration::from_secs(30)).await {
+                        tracing::error!(%error, "containerd restart");
+                    }
+                }
+                Err(error) => tracing::error!(%error, "containerd restart"),
+            }
+        }
+    }
+
+    pub fn pid(&self) -> Option<u32> {
+        self.child.id()
+    }
+}
+
+async fn spawn(paths: &ContainerdPaths) -> Result<Child, ContainerdError> {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&paths.log)
+        .map_err(|source| ContainerdError::Io { path: paths.log.clone(), source })?;
+    let log_err = log.try_clone().map_err(|source| ContainerdError::Io { path: paths.log.clone(), source })?;
+    // A stale socket from a killed containerd would make the readiness check pass at once.
+    let _ = std::fs::remove_file(&paths.socket);
+    Command::new("containerd")
+        .arg("--config")
+        .arg(&paths.config)
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log_err)
+        .kill_on_drop(true)
+        .spawn()
+        .map_err(|source| ContainerdError::Spawn { binary: "containerd".into(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_quotes_paths_and_names_the_sandbox_image() {
+        let paths = ContainerdPaths::under(Path::new("/data/a \"b\"/agent"));
+        let text = config_toml(&paths, &ContainerdSettings::default());
+        assert!(text.contains(r#"address = "/data/a \"b\"/agent/containerd/containerd.sock""#), "{text}");
+        assert!(text.contains(&format!("sandbox_image = \"{}\"", crate::PAUSE_IMAGE)));
+        assert!(text.contains(r#"bin_dir = "/usr/lib/cni""#));
+    }
+}
