@@ -41,6 +41,9 @@ enum Command {
         /// How long a node may miss heartbeats before it is marked Unknown (e.g. 40s).
         #[arg(long = "node-monitor-grace-period", default_value = "40s", value_parser = parse_duration)]
         node_monitor_grace_period: std::time::Duration,
+        /// Range nodes' pod CIDRs come from (a /24 each; IPV4,IPV6 for dual stack; empty: none).
+        #[arg(long = "cluster-cidr", default_value = controllers::nodeipam::DEFAULT_CLUSTER_CIDR, value_parser = controllers::nodeipam::parse_cluster_cidr)]
+        cluster_cidr: String,
     },
     /// Run a node agent (the kubelet's job) against a cluster: pods bound to this node run in
     /// containers through containerd.
@@ -185,6 +188,9 @@ pub struct ServerArgs {
     /// after their tolerations (e.g. 40s).
     #[arg(long = "node-monitor-grace-period", default_value = "40s", value_parser = parse_duration)]
     pub node_monitor_grace_period: std::time::Duration,
+    /// Range nodes' pod CIDRs come from (a /24 each; IPV4,IPV6 for dual stack; empty: none).
+    #[arg(long = "cluster-cidr", default_value = controllers::nodeipam::DEFAULT_CLUSTER_CIDR, value_parser = controllers::nodeipam::parse_cluster_cidr)]
+    pub cluster_cidr: String,
     /// Do not run a node agent in this process (a control-plane-only server).
     #[arg(long)]
     pub disable_agent: bool,
@@ -256,9 +262,9 @@ fn main() -> anyhow::Result<()> {
                 let client = client_for(&args.kubeconfig).await?;
                 scheduler::run(client, scheduler::SchedulerOptions::default()).await.context("scheduler")
             }
-            Command::ControllerManager { client, node_monitor_grace_period } => {
+            Command::ControllerManager { client, node_monitor_grace_period, cluster_cidr } => {
                 let client = client_for(&client.kubeconfig).await?;
-                run_controllers_as_leader(client, controllers::Options { node_monitor_grace_period }).await
+                run_controllers_as_leader(client, controllers::Options { node_monitor_grace_period, cluster_cidr }).await
             }
             Command::Agent(args) => {
                 let client = client_for(&args.client.kubeconfig).await?;
@@ -301,7 +307,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let (running, store) = start_server(&args).await?;
     if !args.disable_controllers {
         let client = client_for(&running.kubeconfig).await?;
-        let options = controllers::Options { node_monitor_grace_period: args.node_monitor_grace_period };
+        let options = controllers::Options { node_monitor_grace_period: args.node_monitor_grace_period, cluster_cidr: args.cluster_cidr.clone() };
         // One server, one controller manager: no election in-process (yet: several servers
         // side by side will need it, as `berth controller-manager` has).
         tokio::spawn(controllers::run_all(client, options));

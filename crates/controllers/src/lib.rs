@@ -18,6 +18,7 @@ pub mod history;
 pub mod job;
 pub mod labels;
 pub mod namespace;
+pub mod nodeipam;
 pub mod nodelifecycle;
 pub mod podgc;
 pub mod replicaset;
@@ -34,11 +35,14 @@ pub struct Options {
     /// How long a node may go without renewing its Lease before it is marked Unknown and tainted
     /// unreachable (`--node-monitor-grace-period`).
     pub node_monitor_grace_period: Duration,
+    /// Where nodes' pod CIDRs come from (`--cluster-cidr`: one range, or an IPv4 and an IPv6 one
+    /// separated by a comma; empty allocates none).
+    pub cluster_cidr: String,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { node_monitor_grace_period: Duration::from_secs(40) }
+        Self { node_monitor_grace_period: Duration::from_secs(40), cluster_cidr: nodeipam::DEFAULT_CLUSTER_CIDR.to_string() }
     }
 }
 
@@ -56,6 +60,7 @@ pub async fn run_all(client: kube::Client, options: Options) {
         serviceaccount::run(client.clone()),
         endpoints::run(client.clone()),
         nodelifecycle::run(client.clone(), options.node_monitor_grace_period),
+        nodeipam::run(client.clone(), options.cluster_cidr.clone()),
         podgc::run(client.clone()),
         resourcequota::run(client.clone()),
         disruption::run(client.clone()),
