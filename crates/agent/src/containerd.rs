@@ -198,7 +198,19 @@ async fn spawn(paths: &ContainerdPaths) -> Result<Child, ContainerdError> {
     let log_err = log.try_clone().map_err(|source| ContainerdError::Io { path: paths.log.clone(), source })?;
     // A stale socket from a killed containerd would make the readiness check pass at once.
     let _ = std::fs::remove_file(&paths.socket);
-    Command::new("containerd")
+    let mut command = Command::new("containerd");
+    // containerd goes when the agent goes, even killed without a chance to clean up (containers
+    // live on in their shims; the next agent's containerd picks them up).
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    command
         .arg("--config")
         .arg(&paths.config)
         .stdin(Stdio::null())

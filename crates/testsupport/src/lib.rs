@@ -70,14 +70,18 @@ impl Server {
     }
 
     fn start_inner(binary: &str, args: &[&str], agent: bool) -> Self {
-        let mut server = Self {
-            binary: PathBuf::from(binary),
-            dir: TempDir::new("server"),
-            port: free_port(),
-            child: None,
-            extra_args: args.iter().map(|a| a.to_string()).collect(),
-            agent,
-        };
+        let mut extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let dir = TempDir::new("server");
+        if agent {
+            // The node reports loopback (the API server reaches its endpoint there) on a free port,
+            // and the test image is imported at start like any air-gapped image.
+            extra_args.extend(["--node-ip", "127.0.0.1", "--kubelet-port", "0", "--node-name", "berth-test"].map(String::from));
+            let images = dir.path.join("agent").join("images");
+            std::fs::create_dir_all(&images).expect("images dir");
+            let status = Command::new(binary).args(["images", "build", "busybox", "--out"]).arg(images.join("busybox.tar")).status().expect("run berth images build");
+            assert!(status.success(), "building the busybox test image failed (is busybox-static installed? run scripts/setup)");
+        }
+        let mut server = Self { binary: PathBuf::from(binary), dir, port: free_port(), child: None, extra_args, agent };
         server.spawn();
         server
     }
@@ -220,8 +224,40 @@ fn assert_success(args: &[&str], out: &Output, server: &Server) {
     );
 }
 
+impl Server {
+    /// The socket of the agent's containerd.
+    pub fn containerd_socket(&self) -> PathBuf {
+        self.dir.path.join("agent").join("containerd").join("containerd.sock")
+    }
+
+    /// `ctr` against the agent's containerd, in the CRI namespace.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        Command::new("ctr").arg("--address").arg(self.containerd_socket()).args(["--namespace", "k8s.io"]).args(args).output().expect("run ctr")
+    }
+
+    /// Deletes every pod so the agent tears down containers, sandboxes and their network
+    /// namespaces, then kills whatever is left: containers outlive containerd in their shims.
+    fn teardown_agent(&mut self) {
+        if self.child.is_some() {
+            let _ = self.kubectl(&["delete", "pods", "--all", "--all-namespaces", "--grace-period=0", "--force", "--wait=false"]);
+            let _ = self.kubectl(&["delete", "deployments,replicasets,statefulsets,daemonsets,jobs", "--all", "--all-namespaces", "--wait=false"]);
+            eventually(Duration::from_secs(30), || {
+                let tasks = self.ctr(&["tasks", "ls", "-q"]);
+                (tasks.status.success() && tasks.stdout.iter().all(|b| b.is_ascii_whitespace())).then_some(())
+            });
+        }
+        let tasks = String::from_utf8_lossy(&self.ctr(&["tasks", "ls", "-q"]).stdout).into_owned();
+        for id in tasks.split_whitespace() {
+            let _ = self.ctr(&["tasks", "kill", "--signal", "SIGKILL", id]);
+        }
+    }
+}
+
 impl Drop for Server {
     fn drop(&mut self) {
+        if self.agent {
+            self.teardown_agent();
+        }
         self.kill_hard();
     }
 }

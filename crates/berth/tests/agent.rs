@@ -1,0 +1,273 @@
+//! The node agent on the real stack: `berth server` with its agent, its own containerd, runc and
+//! Debian's CNI plugins, driven with the real kubectl. Needs root and scripts/setup's packages.
+//!
+//! Each test starts its own server; they run one at a time because every agent on the machine
+//! shares the host's `berth0` bridge and pod address range.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use serde_json::Value;
+use testsupport::{Server, eventually};
+
+static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
+
+fn server() -> (std::sync::MutexGuard<'static, ()>, Server) {
+    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start_with_agent(env!("CARGO_BIN_EXE_berth"), &[]);
+    // The node is Ready once it has a pod CIDR and the CNI configuration is written.
+    let ready = eventually(Duration::from_secs(60), || {
+        let out = server.kubectl(&["get", "node", "berth-test", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]);
+        (String::from_utf8_lossy(&out.stdout) == "True").then_some(())
+    });
+    assert!(ready.is_some(), "node never became Ready:\n{}\n{}", server.ok(&["get", "nodes", "-o", "yaml"]), server.log());
+    (guard, server)
+}
+
+fn pod(server: &Server, name: &str) -> Value {
+    server.get_json(&["pod", name])
+}
+
+fn wait_pod(server: &Server, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    eventually(Duration::from_secs(90), || {
+        let p = pod(server, name);
+        check(&p).then_some(p)
+    })
+    .unwrap_or_else(|| panic!("pod {name}: {what} never happened:\n{}\n{}", server.ok(&["describe", "pod", name]), server.log().lines().rev().take(40).collect::<Vec<_>>().join("\n")))
+}
+
+fn phase(p: &Value) -> &str {
+    p["status"]["phase"].as_str().unwrap_or("")
+}
+
+fn container_status<'a>(p: &'a Value, name: &str) -> &'a Value {
+    p["status"]["containerStatuses"].as_array().and_then(|list| list.iter().find(|c| c["name"] == name)).unwrap_or(&Value::Null)
+}
+
+#[test]
+fn a_pod_runs_in_a_container_and_its_logs_show() {
+    let (_guard, server) = server();
+    let node = server.get_json(&["node", "berth-test"]);
+    assert_eq!(node["status"]["nodeInfo"]["containerRuntimeVersion"].as_str().unwrap_or("").split("://").next(), Some("containerd"));
+    assert!(node["spec"]["podCIDR"].as_str().is_some_and(|c| c.ends_with("/24")), "{node}");
+    assert!(node["status"]["capacity"]["cpu"].as_str().is_some_and(|c| c.parse::<u32>().unwrap_or(0) >= 1));
+
+    server.ok(&["run", "hello", "--image=berth.dev/busybox:1", "--restart=Never", "--", "sh", "-c", "echo to stderr >&2; sleep 1; echo hello from a container; echo pod ip $(hostname -i)"]);
+    let p = wait_pod(&server, "hello", "Succeeded", |p| phase(p) == "Succeeded");
+    let status = container_status(&p, "hello");
+    assert_eq!(status["state"]["terminated"]["exitCode"], 0);
+    assert_eq!(status["state"]["terminated"]["reason"], "Completed");
+    assert!(status["containerID"].as_str().is_some_and(|id| id.starts_with("containerd://")));
+    let ip = p["status"]["podIP"].as_str().unwrap_or("").to_string();
+    assert!(ip.starts_with("10.42."), "pod IP from the node's CIDR: {p}");
+    assert_eq!(p["status"]["hostIP"], "127.0.0.1");
+
+    let logs = server.ok(&["logs", "hello"]);
+    assert!(logs.contains("hello from a container\n"), "{logs}");
+    assert!(logs.contains("to stderr\n"), "{logs}");
+    assert!(logs.contains(&format!("pod ip {ip}")), "the container sees its pod IP: {logs}");
+    assert_eq!(server.ok(&["logs", "hello", "--tail=1"]), format!("pod ip {ip}\n"));
+    let stamped = server.ok(&["logs", "hello", "--timestamps", "--tail=1"]);
+    assert!(stamped.split_once(' ').is_some_and(|(t, rest)| t.contains('T') && rest == format!("pod ip {ip}\n")), "{stamped}");
+
+    let events = server.ok(&["get", "events", "--field-selector", "involvedObject.name=hello", "-o", "jsonpath={.items[*].reason}"]);
+    for reason in ["Scheduled", "Created", "Started"] {
+        assert!(events.contains(reason), "event {reason} in {events}");
+    }
+
+    // Deleting the pod stops it gracefully and removes it from the runtime and the API.
+    server.ok(&["run", "sleeper", "--image=berth.dev/busybox:1", "--", "sleep", "3600"]);
+    wait_pod(&server, "sleeper", "Running and Ready", |p| phase(p) == "Running" && container_status(p, "sleeper")["ready"] == true);
+    server.ok(&["delete", "pod", "sleeper", "--grace-period=1"]);
+    let gone = eventually(Duration::from_secs(30), || (!server.kubectl(&["get", "pod", "sleeper"]).status.success()).then_some(()));
+    assert!(gone.is_some(), "the deleted pod went away");
+    let tasks = String::from_utf8_lossy(&server.ctr(&["tasks", "ls"]).stdout).into_owned();
+    assert_eq!(tasks.lines().count(), 1, "no containers left running (only the header): {tasks}");
+}
+
+#[test]
+fn crashing_containers_restart_with_back_off_and_keep_previous_logs() {
+    let (_guard, server) = server();
+    server.ok(&["run", "crasher", "--image=berth.dev/busybox:1", "--", "sh", "-c", "echo run at $(date +%s); exit 3"]);
+    let p = wait_pod(&server, "crasher", "a restart and back-off", |p| {
+        let s = container_status(p, "crasher");
+        s["restartCount"].as_i64().unwrap_or(0) >= 1 && s["state"]["waiting"]["reason"] == "CrashLoopBackOff"
+    });
+    let s = container_status(&p, "crasher");
+    assert_eq!(s["lastState"]["terminated"]["exitCode"], 3);
+    assert_eq!(s["lastState"]["terminated"]["reason"], "Error");
+    assert!(s["state"]["waiting"]["message"].as_str().unwrap_or("").starts_with("back-off 10s restarting failed container=crasher"), "{s}");
+    assert_eq!(phase(&p), "Running", "an Always pod between restarts is Running, as upstream");
+    let previous = server.ok(&["logs", "crasher", "--previous"]);
+    assert!(previous.starts_with("run at "), "{previous}");
+    let events = server.ok(&["get", "events", "--field-selector", "involvedObject.name=crasher", "-o", "jsonpath={.items[*].reason}"]);
+    assert!(events.contains("Started"), "{events}");
+
+    // OnFailure pods that succeed stop restarting; Never pods that fail are Failed.
+    server.ok(&["run", "fails-once", "--image=berth.dev/busybox:1", "--restart=Never", "--", "sh", "-c", "exit 7"]);
+    let p = wait_pod(&server, "fails-once", "Failed", |p| phase(p) == "Failed");
+    assert_eq!(container_status(&p, "fails-once")["state"]["terminated"]["exitCode"], 7);
+    assert_eq!(container_status(&p, "fails-once")["restartCount"], 0);
+}
+
+#[test]
+fn configuration_volumes_probes_and_failures() {
+    let (_guard, server) = server();
+    server.ok(&["create", "configmap", "settings", "--from-literal=color=blue", "--from-literal=size=L"]);
+    server.ok(&["create", "secret", "generic", "creds", "--from-literal=password=s3cret"]);
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: configured, labels: {app: demo}}
+spec:
+  initContainers:
+  - name: prepare
+    image: berth.dev/busybox:1
+    command: ["sh", "-c", "echo prepared > /work/ready-marker"]
+    volumeMounts: [{name: work, mountPath: /work}]
+  containers:
+  - name: main
+    image: berth.dev/busybox:1
+    command: ["sh", "-c", "echo COLOR=$COLOR PASSWORD=$PASSWORD NAME=$MY_NAME GREETING=$(GREETING) cfg_size=$cfg_size; while true; do sleep 1; done"]
+    env:
+    - {name: COLOR, valueFrom: {configMapKeyRef: {name: settings, key: color}}}
+    - {name: PASSWORD, valueFrom: {secretKeyRef: {name: creds, key: password}}}
+    - {name: MY_NAME, valueFrom: {fieldRef: {fieldPath: metadata.name}}}
+    - {name: GREETING, value: "hi-$(MY_NAME)"}
+    envFrom: [{prefix: cfg_, configMapRef: {name: settings}}]
+    readinessProbe:
+      exec: {command: ["cat", "/work/ready-marker"]}
+      periodSeconds: 1
+    volumeMounts:
+    - {name: work, mountPath: /work}
+    - {name: config, mountPath: /etc/config}
+    - {name: secret, mountPath: /etc/secret}
+    - {name: podinfo, mountPath: /etc/podinfo}
+  - name: sidekick
+    image: berth.dev/busybox:1
+    command: ["sh", "-c", "while true; do cat /shared/ready-marker > /dev/null && echo sidekick sees the marker; sleep 5; done"]
+    volumeMounts: [{name: work, mountPath: /shared}]
+  volumes:
+  - {name: work, emptyDir: {}}
+  - {name: config, configMap: {name: settings}}
+  - {name: secret, secret: {secretName: creds, defaultMode: 0400}}
+  - name: podinfo
+    downwardAPI:
+      items: [{path: labels, fieldRef: {fieldPath: metadata.labels}}]
+"#,
+    );
+    let p = wait_pod(&server, "configured", "Ready", |p| phase(p) == "Running" && p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")));
+    assert_eq!(p["status"]["initContainerStatuses"][0]["state"]["terminated"]["reason"], "Completed");
+    let logs = server.ok(&["logs", "configured", "-c", "main"]);
+    assert!(logs.contains("COLOR=blue PASSWORD=s3cret NAME=configured GREETING=hi-configured cfg_size=L"), "{logs}");
+    let exec_free_check = eventually(Duration::from_secs(20), || server.ok(&["logs", "configured", "-c", "sidekick"]).contains("sidekick sees the marker").then_some(()));
+    assert!(exec_free_check.is_some(), "the emptyDir is shared between containers");
+
+    // The files, read by a second pod on the same volumes' sources (exec is not there yet).
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: reader}
+spec:
+  containers:
+  - name: reader
+    image: berth.dev/busybox:1
+    command: ["sh", "-c", "while true; do echo color=$(cat /etc/config/color) password=$(cat /etc/secret/password) mode=$(stat -L -c %a /etc/secret/password); sleep 1; done"]
+    volumeMounts:
+    - {name: config, mountPath: /etc/config}
+    - {name: secret, mountPath: /etc/secret}
+  volumes:
+  - {name: config, configMap: {name: settings}}
+  - {name: secret, secret: {secretName: creds, defaultMode: 0400}}
+"#,
+    );
+    wait_pod(&server, "reader", "Running", |p| phase(p) == "Running");
+    let seen = eventually(Duration::from_secs(20), || server.ok(&["logs", "reader", "--tail=1"]).contains("color=blue password=s3cret mode=400").then_some(()));
+    assert!(seen.is_some(), "{}", server.ok(&["logs", "reader", "--tail=3"]));
+    // A changed ConfigMap reaches the mounted files of the running pod.
+    server.ok(&["patch", "configmap", "settings", "-p", r#"{"data":{"color":"green"}}"#]);
+    let updated = eventually(Duration::from_secs(40), || server.ok(&["logs", "reader", "--tail=1"]).contains("color=green").then_some(()));
+    assert!(updated.is_some(), "{}", server.ok(&["logs", "reader", "--tail=3"]));
+
+    // A failing liveness probe restarts the container.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: unhealthy}
+spec:
+  containers:
+  - name: app
+    image: berth.dev/busybox:1
+    command: ["sh", "-c", "touch /tmp/healthy; sleep 3; rm /tmp/healthy; sleep 3600"]
+    livenessProbe:
+      exec: {command: ["cat", "/tmp/healthy"]}
+      periodSeconds: 1
+      failureThreshold: 2
+"#,
+    );
+    wait_pod(&server, "unhealthy", "a liveness restart", |p| container_status(p, "app")["restartCount"].as_i64().unwrap_or(0) >= 1);
+    let events = server.ok(&["get", "events", "--field-selector", "involvedObject.name=unhealthy", "-o", "jsonpath={.items[*].message}"]);
+    assert!(events.contains("Liveness probe failed"), "{events}");
+    assert!(events.contains("failed liveness probe, will be restarted"), "{events}");
+
+    // Upstream reasons for what cannot start.
+    server.ok(&["run", "no-image", "--image=berth.dev/does-not-exist:1"]);
+    let p = wait_pod(&server, "no-image", "an image pull error", |p| {
+        let reason = container_status(p, "no-image")["state"]["waiting"]["reason"].as_str().unwrap_or("").to_string();
+        reason == "ErrImagePull" || reason == "ImagePullBackOff"
+    });
+    assert_eq!(phase(&p), "Pending");
+    server.ok(&["run", "no-config", "--image=berth.dev/busybox:1", "--overrides", r#"{"spec":{"containers":[{"name":"no-config","image":"berth.dev/busybox:1","env":[{"name":"X","valueFrom":{"configMapKeyRef":{"name":"missing","key":"k"}}}]}]}}"#]);
+    let p = wait_pod(&server, "no-config", "a configuration error", |p| container_status(p, "no-config")["state"]["waiting"]["reason"] == "CreateContainerConfigError");
+    assert_eq!(container_status(&p, "no-config")["state"]["waiting"]["message"], "configmap \"missing\" not found");
+
+    // Over its memory limit, a container is OOMKilled and reported so.
+    server.ok(&["run", "hungry", "--image=berth.dev/busybox:1", "--restart=Never", "--overrides", r#"{"spec":{"containers":[{"name":"hungry","image":"berth.dev/busybox:1","command":["sh","-c","dd if=/dev/zero of=/dev/null bs=64M count=1"],"resources":{"limits":{"memory":"16Mi"}}}]}}"#]);
+    let p = wait_pod(&server, "hungry", "OOMKilled", |p| phase(p) == "Failed");
+    let terminated = &container_status(&p, "hungry")["state"]["terminated"];
+    assert_eq!(terminated["reason"], "OOMKilled", "{p}");
+    assert_eq!(terminated["exitCode"], 137);
+}
+
+#[test]
+fn a_deployment_runs_and_killed_containers_come_back() {
+    let (_guard, server) = server();
+    server.ok(&["create", "deployment", "web", "--image=berth.dev/busybox:1", "--replicas=3", "--", "httpd", "-f", "-p", "8080"]);
+    let ready = eventually(Duration::from_secs(90), || {
+        let d = server.get_json(&["deployment", "web"]);
+        (d["status"]["readyReplicas"] == 3).then_some(())
+    });
+    assert!(ready.is_some(), "{}", server.ok(&["get", "pods", "-o", "wide"]));
+    let pods = server.get_json(&["pods", "-l", "app=web"]);
+    let items = pods["items"].as_array().cloned().unwrap_or_default();
+    let ips: std::collections::HashSet<String> = items.iter().filter_map(|p| p["status"]["podIP"].as_str().map(String::from)).collect();
+    assert_eq!(ips.len(), 3, "each pod has its own IP");
+    // The pods serve on their IPs (the host reaches them over the bridge).
+    for ip in &ips {
+        let answered = eventually(Duration::from_secs(10), || std::net::TcpStream::connect_timeout(&format!("{ip}:8080").parse().ok()?, Duration::from_secs(1)).ok());
+        assert!(answered.is_some(), "httpd answers on {ip}:8080");
+    }
+
+    // Kill one container behind the agent's back: it is restarted in place.
+    let victim = items[0]["metadata"]["name"].as_str().unwrap_or("").to_string();
+    let id = items[0]["status"]["containerStatuses"][0]["containerID"].as_str().unwrap_or("").trim_start_matches("containerd://").to_string();
+    let killed = server.ctr(&["tasks", "kill", "--signal", "SIGKILL", &id]);
+    assert!(killed.status.success(), "ctr kill: {}", String::from_utf8_lossy(&killed.stderr));
+    let p = wait_pod(&server, &victim, "a restart", |p| container_status(p, "busybox")["restartCount"].as_i64().unwrap_or(0) >= 1 && container_status(p, "busybox")["ready"] == true);
+    assert_eq!(container_status(&p, "busybox")["lastState"]["terminated"]["exitCode"], 137);
+
+    // Scaling down removes pods from the node.
+    server.ok(&["scale", "deployment", "web", "--replicas=1"]);
+    let scaled = eventually(Duration::from_secs(60), || {
+        let out = String::from_utf8_lossy(&server.ctr(&["containers", "ls", "-q"]).stdout).into_owned();
+        // One app container and its sandbox.
+        (out.lines().count() == 2).then_some(())
+    });
+    assert!(scaled.is_some(), "{}", String::from_utf8_lossy(&server.ctr(&["containers", "ls"]).stdout));
+}
