@@ -21,6 +21,8 @@ pub enum BenchCommand {
     Api(ApiBench),
     /// Scheduling throughput and latency with simulated nodes and Deployments.
     Scheduler(crate::bench_scheduler::SchedulerBench),
+    /// Pod start-up latency and idle cost of a real node agent (containerd; needs root).
+    PodStartup(crate::bench_podstartup::PodStartupBench),
 }
 
 #[derive(clap::Args)]
@@ -49,6 +51,7 @@ pub async fn run(command: BenchCommand) -> anyhow::Result<()> {
     match command {
         BenchCommand::Api(args) => api(args).await,
         BenchCommand::Scheduler(args) => crate::bench_scheduler::run(args).await,
+        BenchCommand::PodStartup(args) => crate::bench_podstartup::run(args).await,
     }
 }
 

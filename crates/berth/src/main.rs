@@ -1,6 +1,7 @@
 //! The `berth` command: thin glue over the component crates.
 
 mod bench;
+mod bench_podstartup;
 mod bench_scheduler;
 mod images;
 
