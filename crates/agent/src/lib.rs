@@ -6,7 +6,8 @@
 //! heartbeats, CNI config), `pods` (pod workers and the runtime relister), `runtime_state` (the
 //! runtime's view of a pod), `status` (pod status computation), `env` and `volumes` (what a
 //! container is given), `resources` (cgroup settings, QoS), `probes`, `logs` (CRI log files),
-//! `server` (the HTTPS endpoint the API server proxies `kubectl logs` to).
+//! `server` (the HTTPS endpoint the API server proxies `kubectl logs` to), `streaming` (exec,
+//! attach and port-forward through the runtime's streaming server).
 
 pub mod containerd;
 pub mod cri;
@@ -19,6 +20,7 @@ pub mod resources;
 pub mod runtime_state;
 pub mod server;
 pub mod status;
+pub mod streaming;
 pub mod volumes;
 
 use std::collections::BTreeMap;

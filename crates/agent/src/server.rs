@@ -94,7 +94,7 @@ pub async fn serve(ctx: Arc<Context>, config: &AgentConfig) -> Result<ServerHand
                     let ctx = ctx.clone();
                     async move { Ok::<_, Infallible>(route(ctx, request).await) }
                 });
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection(TokioIo::new(tls), service).await;
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new()).serve_connection_with_upgrades(TokioIo::new(tls), service).await;
             });
         }
     });
@@ -104,6 +104,9 @@ pub async fn serve(ctx: Arc<Context>, config: &AgentConfig) -> Result<ServerHand
 async fn route(ctx: Arc<Context>, request: Request<Incoming>) -> Response<Body> {
     let path = request.uri().path().to_string();
     let query = request.uri().query().unwrap_or("").to_string();
+    if crate::streaming::handles(&path) {
+        return crate::streaming::serve(&ctx, request).await;
+    }
     if request.method() != hyper::Method::GET {
         return text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed");
     }
