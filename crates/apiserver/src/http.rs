@@ -359,6 +359,10 @@ async fn serve_resource(server: &Arc<Server>, req: http::Request<hyper::body::In
         let resp = crate::pod_log::serve(server, &def, ns.unwrap_or_default(), name, req.uri().query()).await.map_err(|e| ("connect", e))?;
         return Ok(("connect", resp));
     }
+    if let (true, Some(kind), Some(name)) = (is_pod, target.subresource.as_deref().and_then(crate::streaming::Kind::from_subresource), target.name.as_deref()) {
+        let resp = crate::streaming::serve(server, &def, ns.unwrap_or_default(), name, kind, req).await.map_err(|e| ("connect", e))?;
+        return Ok(("connect", resp));
+    }
     let format = negotiate(&headers).map_err(|e| ("", e))?;
     let sub = match target.subresource.as_deref() {
         None => None,

@@ -31,6 +31,7 @@ pub mod resources;
 pub mod scale;
 pub mod selection;
 pub mod status;
+pub mod streaming;
 pub mod strategy;
 pub mod tls;
 pub mod typed;
@@ -167,7 +168,8 @@ pub async fn serve(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
                 });
                 let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 builder.http2().max_concurrent_streams(1000);
-                if let Err(error) = builder.serve_connection(TokioIo::new(tls), service).await {
+                // exec, attach and port-forward take over their connection after a 101.
+                if let Err(error) = builder.serve_connection_with_upgrades(TokioIo::new(tls), service).await {
                     tracing::debug!(%error, "connection ended with an error");
                 }
             });
