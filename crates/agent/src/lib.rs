@@ -12,7 +12,9 @@
 pub mod containerd;
 pub mod cri;
 pub mod env;
+pub mod join;
 pub mod logs;
+pub mod network;
 pub mod node;
 pub mod pods;
 pub mod probes;
@@ -155,6 +157,7 @@ pub async fn start(client: kube::Client, config: AgentConfig) -> Result<RunningA
         tasks.spawn(containerd.supervise());
     }
     tasks.spawn(node_agent.run(registered));
+    tasks.spawn(network::run(client.clone(), config.node_name.clone(), config.node_ip.clone()));
     tasks.spawn(pods::run(ctx.clone()));
     Ok(RunningAgent { tasks, port: server.port })
 }

@@ -272,7 +272,8 @@ impl NodeAgent {
 pub const CNI_CONFLIST: &str = "10-berth.conflist";
 
 /// The pod network: a bridge per node with host-local addresses from the node's pod CIDR and
-/// the portmap plugin for hostPort, from Debian's containernetworking-plugins. containerd's CRI
+/// the portmap plugin for hostPort, from Debian's containernetworking-plugins (routes between
+/// nodes and masquerading are network.rs's). containerd's CRI
 /// plugin runs them; the file is rewritten only when it would change.
 pub fn write_cni_config(dir: &Path, pod_cidr: &str, data_dir: &Path) -> std::io::Result<()> {
     let config = json!({
@@ -283,7 +284,8 @@ pub fn write_cni_config(dir: &Path, pod_cidr: &str, data_dir: &Path) -> std::io:
                 "type": "bridge",
                 "bridge": "berth0",
                 "isGateway": true,
-                "ipMasq": true,
+                // Masquerading is one rule of the agent's (network.rs), not chains per pod.
+                "ipMasq": false,
                 "hairpinMode": true,
                 "ipam": {
                     "type": "host-local",

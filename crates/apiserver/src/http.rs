@@ -30,6 +30,8 @@ pub struct Server {
     pub advertise_address: String,
     /// Bearer tokens accepted in place of a client certificate, with the identity each stands for.
     pub tokens: HashMap<String, Identity>,
+    /// The cluster CA, served unauthenticated at /cacerts for joining agents to check.
+    pub ca_pem: String,
     /// Connections to nodes' agents (pods/log).
     pub nodes: Arc<crate::node_proxy::NodeClient>,
 }
@@ -242,7 +244,9 @@ pub async fn handle(server: Arc<Server>, req: http::Request<hyper::body::Incomin
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let identity = identity.or_else(|| bearer_identity(&server, req.headers()));
-    let (verb, resource, resp) = if identity.is_none() && !is_public(&path) {
+    let (verb, resource, resp) = if method == Method::GET && path == "/cacerts" {
+        ("get", String::new(), bytes_response(200, Bytes::from(server.ca_pem.clone()), "text/plain; charset=utf-8"))
+    } else if identity.is_none() && !is_public(&path) {
         ("", String::new(), error_response(&ApiError::unauthorized()))
     } else {
         route(&server, req).await

@@ -17,6 +17,7 @@ pub mod crd;
 pub mod crd_controller;
 pub mod discovery;
 pub mod eviction;
+pub mod join;
 pub mod http;
 pub mod list;
 pub mod metrics;
@@ -111,6 +112,7 @@ pub async fn serve(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
     let kubeconfig = config.data_dir.join("admin.kubeconfig");
     pki.write_admin_kubeconfig(&kubeconfig, &server_url)?;
     let tls_config = pki.server_config()?;
+    let node_token = join::load_or_create_token(&config.data_dir, &pki.ca_pem)?;
     let nodes = Arc::new(node_proxy::NodeClient::new(&pki.kubelet_client_cert_pem, &pki.kubelet_client_key_pem)?);
 
     let metrics = Arc::new(metrics::Metrics::default());
@@ -134,7 +136,9 @@ pub async fn serve(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
         metrics,
         openapi,
         advertise_address: addr.to_string(),
-        tokens: HashMap::new(),
+        // Joining agents authenticate with the node token (see join.rs).
+        tokens: HashMap::from([(node_token, join::node_identity())]),
+        ca_pem: pki.ca_pem.clone(),
         nodes,
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);

@@ -72,8 +72,15 @@ pub struct ClientArgs {
 
 #[derive(clap::Args, Clone)]
 pub struct AgentArgs {
-    #[command(flatten)]
-    client: ClientArgs,
+    /// The cluster, as a kubeconfig; or join with --server and --token.
+    #[arg(long, env = "KUBECONFIG", required_unless_present = "server")]
+    kubeconfig: Option<PathBuf>,
+    /// The server to join (https://HOST:PORT), with --token.
+    #[arg(long, requires = "token")]
+    server: Option<String>,
+    /// The server's node token (its DATA/node-token).
+    #[arg(long, env = "BERTH_TOKEN")]
+    token: Option<String>,
     /// Where the agent keeps containerd, images, pod volumes and logs (DATA/agent).
     #[arg(long, default_value = "/var/lib/berth")]
     data_dir: PathBuf,
@@ -268,8 +275,13 @@ fn main() -> anyhow::Result<()> {
                 run_controllers_as_leader(client, controllers::Options { node_monitor_grace_period, cluster_cidr }).await
             }
             Command::Agent(args) => {
-                let client = client_for(&args.client.kubeconfig).await?;
-                let ca = kubeconfig_ca(&args.client.kubeconfig)?;
+                let kubeconfig = match (&args.server, &args.token, &args.kubeconfig) {
+                    (Some(server), Some(token), _) => agent::join::bootstrap(server, token, &args.data_dir.join("agent")).await.context("joining the cluster")?.0,
+                    (_, _, Some(kubeconfig)) => kubeconfig.clone(),
+                    _ => anyhow::bail!("give --kubeconfig, or --server with --token"),
+                };
+                let client = client_for(&kubeconfig).await?;
+                let ca = kubeconfig_ca(&kubeconfig)?;
                 let running = agent::start(client, args.node.config(&args.data_dir, ca)).await.context("starting the node agent")?;
                 tokio::select! {
                     _ = running.wait() => anyhow::bail!("the node agent stopped"),
@@ -330,6 +342,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     };
     tracing::info!(address = %running.addr, kubeconfig = %running.kubeconfig.display(), "berth API server is serving");
     eprintln!("berth: serving on https://{}; export KUBECONFIG={}", running.addr, running.kubeconfig.display());
+    eprintln!("berth: other machines join with: berth agent --server https://{} --token $(cat {})", running.addr, args.data_dir.join("node-token").display());
     let mut terminate = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     tokio::select! {
         _ = tokio::signal::ctrl_c() => {}

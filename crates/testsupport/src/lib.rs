@@ -43,6 +43,8 @@ pub struct Server {
     pub port: u16,
     child: Option<Child>,
     extra_args: Vec<String>,
+    /// The address the API server listens on (loopback unless a test needs other hosts to reach it).
+    listen_ip: String,
     /// Whether `berth server` runs its node agent (needs containerd; most tests run without).
     agent: bool,
 }
@@ -60,28 +62,37 @@ impl Server {
 
     /// Starts with extra `berth server` flags.
     pub fn start_with(binary: &str, args: &[&str]) -> Self {
-        Self::start_inner(binary, args, false)
+        Self::start_inner(binary, args, false, "127.0.0.1")
     }
 
     /// Starts with the node agent on (containerd, runc and CNI plugins must be installed:
     /// scripts/setup). `args` are extra `berth server` flags.
     pub fn start_with_agent(binary: &str, args: &[&str]) -> Self {
-        Self::start_inner(binary, args, true)
+        Self::start_inner(binary, args, true, "127.0.0.1")
     }
 
-    fn start_inner(binary: &str, args: &[&str], agent: bool) -> Self {
+    /// Starts with the node agent, the API server listening on `listen_ip` (for agents in other
+    /// network namespaces); `args` may set the agent's own `--node-ip`.
+    pub fn start_with_agent_on(binary: &str, listen_ip: &str, args: &[&str]) -> Self {
+        Self::start_inner(binary, args, true, listen_ip)
+    }
+
+    fn start_inner(binary: &str, args: &[&str], agent: bool, listen_ip: &str) -> Self {
         let mut extra_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
         let dir = TempDir::new("server");
         if agent {
             // The node reports loopback (the API server reaches its endpoint there) on a free port,
             // and the test image is imported at start like any air-gapped image.
-            extra_args.extend(["--node-ip", "127.0.0.1", "--kubelet-port", "0", "--node-name", "berth-test"].map(String::from));
+            if !args.contains(&"--node-ip") {
+                extra_args.extend(["--node-ip", "127.0.0.1"].map(String::from));
+            }
+            extra_args.extend(["--kubelet-port", "0", "--node-name", "berth-test"].map(String::from));
             let images = dir.path.join("agent").join("images");
             std::fs::create_dir_all(&images).expect("images dir");
             let status = Command::new(binary).args(["images", "build", "busybox", "--out"]).arg(images.join("busybox.tar")).status().expect("run berth images build");
             assert!(status.success(), "building the busybox test image failed (is busybox-static installed? run scripts/setup)");
         }
-        let mut server = Self { binary: PathBuf::from(binary), dir, port: free_port(), child: None, extra_args, agent };
+        let mut server = Self { binary: PathBuf::from(binary), dir, port: free_port(), child: None, extra_args, listen_ip: listen_ip.to_string(), agent };
         server.spawn();
         server
     }
@@ -93,7 +104,7 @@ impl Server {
             .arg("--data-dir")
             .arg(&self.dir.path)
             .arg("--listen")
-            .arg(format!("127.0.0.1:{}", self.port))
+            .arg(format!("{}:{}", self.listen_ip, self.port))
             .args(&self.extra_args)
             .args(if self.agent { &[][..] } else { &["--disable-agent"][..] })
             .stdin(Stdio::null())
