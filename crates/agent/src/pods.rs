@@ -410,6 +410,16 @@ async fn start_container(ctx: &Context, pod: &Pod, container: &Container, sandbo
     }
     ctx.event(pod, Some(&container.name), "Normal", "Started", format!("Started container {}", container.name));
     state.probes.remove(&container.name);
+    // postStart runs right after the start and holds the container back until it is done (as
+    // upstream); a failure kills the container, which then restarts under its policy.
+    if let Some(handler) = container.lifecycle.as_ref().and_then(|l| l.post_start.as_ref()) {
+        let grace = spec.termination_grace_period_seconds.unwrap_or(DEFAULT_GRACE).max(0);
+        if let Err(message) = probes::run_handler(ctx, container, &created, handler, Duration::from_secs(30), pod_ips).await {
+            ctx.event(pod, Some(&container.name), "Warning", "FailedPostStartHook", format!("PostStartHook failed: {message}"));
+            let _ = runtime.stop_container(api::StopContainerRequest { container_id: created.clone(), timeout: grace }).await;
+            return Err(StartFailure(Waiting { reason: "PostStartHookError".into(), message }));
+        }
+    }
     Ok(())
 }
 
@@ -693,18 +703,33 @@ fn write_hosts_file(ctx: &Context, pod: &Pod, pod_ips: &[String]) {
 /// Stops every running container of the pod, each with the grace period (`None`: the pod's).
 async fn kill_containers(ctx: &Context, pod: &Pod, runtime: &PodRuntime, grace: Option<i64>) {
     let grace = grace.unwrap_or_else(|| pod.spec.as_ref().and_then(|s| s.termination_grace_period_seconds).unwrap_or(DEFAULT_GRACE)).max(0);
-    let mut stops = JoinSet::new();
-    for container in runtime.containers.iter().filter(|c| !c.is_exited()) {
-        ctx.event(pod, Some(&container.name), "Normal", "Killing", format!("Stopping container {}", container.name));
-        let mut client = ctx.cri.runtime.clone();
-        let id = container.id.clone();
-        stops.spawn(async move { client.stop_container(api::StopContainerRequest { container_id: id, timeout: grace }).await });
-    }
-    while let Some(result) = stops.join_next().await {
-        if let Ok(Err(status)) = result {
-            tracing::warn!(%status, pod = %pod.name_any(), "stopping a container");
+    let pod_ips: Vec<String> = pod.status.as_ref().and_then(|s| s.pod_ips.as_ref()).map(|ips| ips.iter().map(|ip| ip.ip.clone()).collect()).unwrap_or_default();
+    let stops = runtime.containers.iter().filter(|c| !c.is_exited()).map(|container| {
+        let pod_ips = &pod_ips;
+        async move {
+            ctx.event(pod, Some(&container.name), "Normal", "Killing", format!("Stopping container {}", container.name));
+            let deadline = Instant::now() + Duration::from_secs(grace as u64);
+            // preStop runs within the grace period; the stop gets what is left (at least 2 s
+            // when there was a hook, as upstream, so the process can still handle SIGTERM).
+            let spec = env::all_containers(pod).find(|c| c.name == container.name);
+            let mut remaining = grace;
+            if let Some(handler) = spec.and_then(|c| c.lifecycle.as_ref()).and_then(|l| l.pre_stop.as_ref())
+                && let Some(spec) = spec
+                && grace > 0
+            {
+                match tokio::time::timeout(Duration::from_secs(grace as u64), probes::run_handler(ctx, spec, &container.id, handler, Duration::from_secs(grace as u64), pod_ips)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(message)) => ctx.event(pod, Some(&container.name), "Warning", "FailedPreStopHook", format!("PreStopHook failed: {message}")),
+                    Err(_) => ctx.event(pod, Some(&container.name), "Warning", "FailedPreStopHook", format!("PreStopHook did not finish within the grace period of {grace}s")),
+                }
+                remaining = (deadline.saturating_duration_since(Instant::now()).as_secs() as i64).max(2);
+            }
+            if let Err(status) = ctx.cri.runtime.clone().stop_container(api::StopContainerRequest { container_id: container.id.clone(), timeout: remaining }).await {
+                tracing::warn!(%status, pod = %pod.name_any(), "stopping a container");
+            }
         }
-    }
+    });
+    futures_util::future::join_all(stops).await;
 }
 
 /// Graceful termination of a pod being deleted: stop its containers within the grace period,

@@ -192,6 +192,16 @@ fn resolve_port(container: &Container, port: &IntOrString) -> Result<u16, String
     }
 }
 
+/// Runs a postStart or preStop handler (exec, httpGet, tcpSocket or sleep), as a probe runs.
+pub(crate) async fn run_handler(ctx: &Context, container: &Container, container_id: &str, handler: &k8s_openapi::api::core::v1::LifecycleHandler, timeout: Duration, pod_ips: &[String]) -> Result<(), String> {
+    if let Some(sleep) = &handler.sleep {
+        tokio::time::sleep(Duration::from_secs(sleep.seconds.max(0) as u64).min(timeout)).await;
+        return Ok(());
+    }
+    let probe = Probe { exec: handler.exec.clone(), http_get: handler.http_get.clone(), tcp_socket: handler.tcp_socket.clone(), ..Default::default() };
+    execute(ctx, container, container_id, &probe, timeout, pod_ips).await
+}
+
 async fn execute(ctx: &Context, container: &Container, container_id: &str, probe: &Probe, timeout: Duration, pod_ips: &[String]) -> Result<(), String> {
     if let Some(exec) = &probe.exec {
         let request = api::ExecSyncRequest { container_id: container_id.to_string(), cmd: exec.command.clone().unwrap_or_default(), timeout: timeout.as_secs() as i64 };

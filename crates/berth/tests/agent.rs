@@ -271,3 +271,72 @@ fn a_deployment_runs_and_killed_containers_come_back() {
     });
     assert!(scaled.is_some(), "{}", String::from_utf8_lossy(&server.ctr(&["containers", "ls"]).stdout));
 }
+
+#[test]
+fn hooks_bad_commands_and_recovery_from_restarts() {
+    let (_guard, mut server) = server();
+    let marker_dir = std::env::temp_dir().join(format!("berth-prestop-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&marker_dir);
+    let manifest = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: hooked}
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: app
+    image: berth.dev/busybox:1
+    command: ["sh", "-c", "sleep 1; cat /tmp/hook; sleep 3600"]
+    lifecycle:
+      postStart: {exec: {command: ["sh", "-c", "echo from-post-start > /tmp/hook"]}}
+      preStop: {exec: {command: ["sh", "-c", "echo from-pre-stop > /marker/out"]}}
+    volumeMounts: [{name: marker, mountPath: /marker}]
+  volumes:
+  - name: marker
+    hostPath: {path: MARKER, type: DirectoryOrCreate}
+"#
+    .replace("MARKER", &marker_dir.display().to_string());
+    server.ok_stdin(&["apply", "-f", "-"], &manifest);
+    wait_pod(&server, "hooked", "Running", |p| phase(p) == "Running");
+    let hooked = eventually(Duration::from_secs(20), || server.ok(&["logs", "hooked"]).contains("from-post-start").then_some(()));
+    assert!(hooked.is_some(), "postStart ran before the app read its file: {}", server.ok(&["logs", "hooked"]));
+
+    // A command that does not exist: the start fails and the pod reports it, as upstream.
+    server.ok(&["run", "bad-command", "--image=berth.dev/busybox:1", "--restart=Never", "--command", "--", "/no/such/program"]);
+    let p = wait_pod(&server, "bad-command", "Failed", |p| phase(p) == "Failed");
+    let terminated = &container_status(&p, "bad-command")["state"]["terminated"];
+    assert_eq!(terminated["exitCode"], 128, "{p}");
+    assert_eq!(terminated["reason"], "StartError", "{p}");
+
+    // containerd killed: the agent starts it again and running containers never noticed.
+    server.ok(&["run", "steady", "--image=berth.dev/busybox:1", "--", "sleep", "3600"]);
+    wait_pod(&server, "steady", "Running", |p| phase(p) == "Running");
+    let config = server.data_dir().join("agent/containerd/config.toml").display().to_string();
+    let killed = std::process::Command::new("pkill").args(["-KILL", "-f", &format!("containerd --config {config}")]).status().expect("pkill");
+    assert!(killed.success(), "containerd was running");
+    server.ok(&["run", "after-containerd", "--image=berth.dev/busybox:1", "--", "sleep", "3600"]);
+    wait_pod(&server, "after-containerd", "Running after containerd came back", |p| phase(p) == "Running");
+    assert_eq!(container_status(&pod(&server, "steady"), "steady")["restartCount"], 0);
+
+    // The whole server and agent restarted: pods keep running, nothing restarts, logs still work.
+    server.restart();
+    let ready = eventually(Duration::from_secs(60), || {
+        let out = server.kubectl(&["get", "node", "berth-test", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]);
+        (String::from_utf8_lossy(&out.stdout) == "True").then_some(())
+    });
+    assert!(ready.is_some(), "the node is Ready again");
+    server.ok(&["run", "after-restart", "--image=berth.dev/busybox:1", "--", "sleep", "3600"]);
+    wait_pod(&server, "after-restart", "Running after the agent restarted", |p| phase(p) == "Running");
+    for name in ["steady", "hooked"] {
+        let p = pod(&server, name);
+        assert_eq!(phase(&p), "Running", "{p}");
+        assert_eq!(p["status"]["containerStatuses"][0]["restartCount"], 0, "{p}");
+    }
+    assert!(server.ok(&["logs", "hooked"]).contains("from-post-start"));
+
+    // preStop runs before the container is stopped.
+    server.ok(&["delete", "pod", "hooked"]);
+    let out = std::fs::read_to_string(marker_dir.join("out")).unwrap_or_default();
+    assert_eq!(out, "from-pre-stop\n");
+    let _ = std::fs::remove_dir_all(&marker_dir);
+}
