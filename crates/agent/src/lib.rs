@@ -21,6 +21,7 @@ pub mod probes;
 pub mod resources;
 pub mod runtime_state;
 pub mod server;
+pub mod static_pods;
 pub mod status;
 pub mod streaming;
 pub mod volumes;
@@ -64,6 +65,8 @@ pub struct AgentConfig {
     pub labels: BTreeMap<String, String>,
     /// PEM of the CA that signs the API server's client certificate (from the kubeconfig).
     pub client_ca_pem: Option<String>,
+    /// Static pod manifests (default `DATA/agent/manifests`).
+    pub pod_manifest_path: Option<PathBuf>,
 }
 
 /// A hostname usable as a node name: lowercase, as the kubelet does.
@@ -158,6 +161,8 @@ pub async fn start(client: kube::Client, config: AgentConfig) -> Result<RunningA
     }
     tasks.spawn(node_agent.run(registered));
     tasks.spawn(network::run(client.clone(), config.node_name.clone(), config.node_ip.clone()));
+    let manifests = config.pod_manifest_path.clone().unwrap_or_else(|| config.dir.join("manifests"));
+    tasks.spawn(static_pods::run(client.clone(), config.node_name.clone(), manifests));
     tasks.spawn(pods::run(ctx.clone()));
     Ok(RunningAgent { tasks, port: server.port })
 }

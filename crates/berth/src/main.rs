@@ -109,6 +109,9 @@ pub struct NodeArgs {
     /// Labels for the Node, as KEY=VALUE (repeatable).
     #[arg(long = "node-label", value_parser = parse_extended)]
     node_labels: Vec<(String, String)>,
+    /// A directory of static pod manifests (default DATA/agent/manifests).
+    #[arg(long)]
+    pod_manifest_path: Option<PathBuf>,
 }
 
 impl NodeArgs {
@@ -122,6 +125,7 @@ impl NodeArgs {
             busybox: self.busybox.clone(),
             labels: self.node_labels.iter().cloned().collect(),
             client_ca_pem,
+            pod_manifest_path: self.pod_manifest_path.clone(),
         }
     }
 }

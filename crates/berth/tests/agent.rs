@@ -340,3 +340,43 @@ spec:
     assert_eq!(out, "from-pre-stop\n");
     let _ = std::fs::remove_dir_all(&marker_dir);
 }
+
+#[test]
+fn static_pods_from_the_manifest_directory_run_as_mirror_pods() {
+    let (_guard, server) = server();
+    let manifests = server.data_dir().join("agent").join("manifests");
+    std::fs::create_dir_all(&manifests).expect("manifest dir");
+    std::fs::write(
+        manifests.join("static-web.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: static-web\n  namespace: kube-system\nspec:\n  containers:\n  - name: web\n    image: berth.dev/busybox:1\n    command: [sh, -c, 'echo version one; sleep 3600']\n",
+    )
+    .expect("write manifest");
+    let mirror = "static-web-berth-test";
+    let p = eventually(Duration::from_secs(60), || {
+        let out = server.kubectl(&["get", "pod", "-n", "kube-system", mirror, "-o", "json"]);
+        let p: Value = serde_json::from_slice(&out.stdout).ok()?;
+        (p["status"]["phase"] == "Running").then_some(p)
+    })
+    .unwrap_or_else(|| panic!("the static pod never ran: {}", server.ok(&["get", "pods", "-A", "-o", "wide"])));
+    assert_eq!(p["metadata"]["annotations"]["kubernetes.io/config.source"], "file");
+    assert!(p["metadata"]["annotations"]["kubernetes.io/config.mirror"].is_string());
+    assert_eq!(p["metadata"]["ownerReferences"][0]["kind"], "Node");
+    assert!(server.ok(&["logs", "-n", "kube-system", mirror]).contains("version one"));
+
+    // A changed manifest replaces the pod.
+    std::fs::write(
+        manifests.join("static-web.yaml"),
+        "apiVersion: v1\nkind: Pod\nmetadata:\n  name: static-web\n  namespace: kube-system\nspec:\n  terminationGracePeriodSeconds: 1\n  containers:\n  - name: web\n    image: berth.dev/busybox:1\n    command: [sh, -c, 'echo version two; sleep 3600']\n",
+    )
+    .expect("rewrite manifest");
+    let replaced = eventually(Duration::from_secs(90), || {
+        let out = server.kubectl(&["logs", "-n", "kube-system", mirror]);
+        String::from_utf8_lossy(&out.stdout).contains("version two").then_some(())
+    });
+    assert!(replaced.is_some(), "{}", server.ok(&["get", "pods", "-A"]));
+
+    // A removed manifest removes the pod.
+    std::fs::remove_file(manifests.join("static-web.yaml")).expect("remove manifest");
+    let gone = eventually(Duration::from_secs(60), || (!server.kubectl(&["get", "pod", "-n", "kube-system", mirror]).status.success()).then_some(()));
+    assert!(gone.is_some(), "{}", server.ok(&["get", "pods", "-A"]));
+}
