@@ -12,6 +12,7 @@
 pub mod containerd;
 pub mod cri;
 pub mod env;
+pub mod eviction;
 pub mod join;
 pub mod logs;
 pub mod network;
@@ -67,6 +68,8 @@ pub struct AgentConfig {
     pub client_ca_pem: Option<String>,
     /// Static pod manifests (default `DATA/agent/manifests`).
     pub pod_manifest_path: Option<PathBuf>,
+    /// Hard eviction thresholds (`--eviction-hard`; empty: no eviction).
+    pub eviction_hard: String,
 }
 
 /// A hostname usable as a node name: lowercase, as the kubelet does.
@@ -153,7 +156,9 @@ pub async fn start(client: kube::Client, config: AgentConfig) -> Result<RunningA
     });
     let server = server::serve(ctx.clone(), &config).await?;
     let node_settings = node::NodeSettings { kubelet_port: server.port, ..node_settings };
-    let node_agent = node::NodeAgent::new(client.clone(), cri.clone(), node_settings);
+    let thresholds = eviction::parse_thresholds(&config.eviction_hard).map_err(|e| AgentError::Server(e.to_string()))?;
+    let pressure = eviction::SharedPressure::default();
+    let node_agent = node::NodeAgent::new(client.clone(), cri.clone(), node_settings, pressure.clone());
     let registered = node_agent.register().await.map_err(AgentError::Register)?;
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(containerd) = own_containerd {
@@ -161,6 +166,7 @@ pub async fn start(client: kube::Client, config: AgentConfig) -> Result<RunningA
     }
     tasks.spawn(node_agent.run(registered));
     tasks.spawn(network::run(client.clone(), config.node_name.clone(), config.node_ip.clone()));
+    tasks.spawn(eviction::run(ctx.clone(), thresholds, pressure, config.dir.clone(), paths.dir.join("root")));
     let manifests = config.pod_manifest_path.clone().unwrap_or_else(|| config.dir.join("manifests"));
     tasks.spawn(static_pods::run(client.clone(), config.node_name.clone(), manifests));
     tasks.spawn(pods::run(ctx.clone()));

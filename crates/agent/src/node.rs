@@ -100,12 +100,13 @@ pub struct NodeAgent {
     cri: Cri,
     settings: NodeSettings,
     capacity: Capacity,
+    pressure: crate::eviction::SharedPressure,
 }
 
 impl NodeAgent {
-    pub fn new(client: Client, cri: Cri, settings: NodeSettings) -> Self {
+    pub fn new(client: Client, cri: Cri, settings: NodeSettings, pressure: crate::eviction::SharedPressure) -> Self {
         let capacity = measure(&settings.data_dir);
-        Self { client, cri, settings, capacity }
+        Self { client, cri, settings, capacity, pressure }
     }
 
     pub fn capacity(&self) -> &Capacity {
@@ -134,10 +135,12 @@ impl NodeAgent {
             Err(error) => (false, format!("container runtime is down: {error}")),
         };
         let old = |type_: &str| previous.and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == type_));
+        let pressure = self.pressure.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let says = |under: bool, yes: &'static str, no: &'static str| if under { yes } else { no };
         let conditions = vec![
-            condition("MemoryPressure", false, "KubeletHasInsufficientMemory", "KubeletHasSufficientMemory", "kubelet has sufficient memory available", now, old("MemoryPressure")),
-            condition("DiskPressure", false, "KubeletHasDiskPressure", "KubeletHasNoDiskPressure", "kubelet has no disk pressure", now, old("DiskPressure")),
-            condition("PIDPressure", false, "KubeletHasInsufficientPID", "KubeletHasSufficientPID", "kubelet has sufficient PID available", now, old("PIDPressure")),
+            condition("MemoryPressure", pressure.memory, "KubeletHasInsufficientMemory", "KubeletHasSufficientMemory", says(pressure.memory, "kubelet has insufficient memory available", "kubelet has sufficient memory available"), now, old("MemoryPressure")),
+            condition("DiskPressure", pressure.disk, "KubeletHasDiskPressure", "KubeletHasNoDiskPressure", says(pressure.disk, "kubelet has disk pressure", "kubelet has no disk pressure"), now, old("DiskPressure")),
+            condition("PIDPressure", pressure.pid, "KubeletHasInsufficientPID", "KubeletHasSufficientPID", says(pressure.pid, "kubelet has insufficient PID available", "kubelet has sufficient PID available"), now, old("PIDPressure")),
             condition("Ready", ready, "KubeletReady", "KubeletNotReady", &message, now, old("Ready")),
         ];
         NodeStatus {

@@ -112,6 +112,9 @@ pub struct NodeArgs {
     /// A directory of static pod manifests (default DATA/agent/manifests).
     #[arg(long)]
     pod_manifest_path: Option<PathBuf>,
+    /// Hard eviction thresholds, as the kubelet's (empty turns eviction off).
+    #[arg(long, default_value = agent::eviction::DEFAULT_EVICTION_HARD)]
+    eviction_hard: String,
 }
 
 impl NodeArgs {
@@ -126,6 +129,7 @@ impl NodeArgs {
             labels: self.node_labels.iter().cloned().collect(),
             client_ca_pem,
             pod_manifest_path: self.pod_manifest_path.clone(),
+            eviction_hard: self.eviction_hard.clone(),
         }
     }
 }

@@ -380,3 +380,32 @@ fn static_pods_from_the_manifest_directory_run_as_mirror_pods() {
     let gone = eventually(Duration::from_secs(60), || (!server.kubectl(&["get", "pod", "-n", "kube-system", mirror]).status.success()).then_some(()));
     assert!(gone.is_some(), "{}", server.ok(&["get", "pods", "-A"]));
 }
+
+#[test]
+fn a_node_under_pressure_reports_it_and_evicts_pods() {
+    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
+    // A threshold no machine meets: the node is under memory pressure from the start.
+    let server = Server::start_with_agent(env!("CARGO_BIN_EXE_berth"), &["--eviction-hard", "memory.available<1000Ti"]);
+    let pressured = eventually(Duration::from_secs(60), || {
+        let out = server.kubectl(&["get", "node", "berth-test", "-o", "json"]);
+        let node: Value = serde_json::from_slice(&out.stdout).ok()?;
+        let conditions = node["status"]["conditions"].as_array().cloned().unwrap_or_default();
+        let memory = conditions.iter().any(|c| c["type"] == "MemoryPressure" && c["status"] == "True" && c["reason"] == "KubeletHasInsufficientMemory");
+        let tainted = node["spec"]["taints"].as_array().is_some_and(|t| t.iter().any(|t| t["key"] == "node.kubernetes.io/memory-pressure" && t["effect"] == "NoSchedule"));
+        (memory && tainted).then_some(())
+    });
+    assert!(pressured.is_some(), "{}", server.ok(&["get", "node", "berth-test", "-o", "yaml"]));
+    // Placed on the node directly (the scheduler keeps pods off a node with the taint).
+    server.ok(&["run", "victim", "--image=berth.dev/busybox:1", "--overrides", r#"{"spec":{"nodeName":"berth-test"}}"#, "--", "sleep", "3600"]);
+    let p = wait_pod(&server, "victim", "Evicted", |p| phase(p) == "Failed" && p["status"]["reason"] == "Evicted");
+    assert!(p["status"]["message"].as_str().unwrap_or("").starts_with("The node was low on resource: memory."), "{p}");
+    assert!(p["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "DisruptionTarget" && c["reason"] == "TerminationByKubelet")), "{p}");
+    let events = server.ok(&["get", "events", "--field-selector", "involvedObject.name=victim", "-o", "jsonpath={.items[*].reason}"]);
+    assert!(events.contains("Evicted"), "{events}");
+    // The evicted pod's containers are stopped.
+    let stopped = eventually(Duration::from_secs(30), || {
+        let tasks = String::from_utf8_lossy(&server.ctr(&["tasks", "ls"]).stdout).into_owned();
+        tasks.lines().skip(1).all(|l| !l.contains("RUNNING")).then_some(())
+    });
+    assert!(stopped.is_some(), "{}", String::from_utf8_lossy(&server.ctr(&["tasks", "ls"]).stdout));
+}

@@ -3,7 +3,8 @@
 //! node reporting Ready=False is tainted `node.kubernetes.io/not-ready`. Pods on a node with
 //! NoExecute taints are evicted once they stop tolerating them (immediately, or after their
 //! `tolerationSeconds`, 300 s by default through admission), and are marked not Ready so
-//! Services stop sending them traffic. When the node comes back, the taints go.
+//! Services stop sending them traffic. When the node comes back, the taints go. Memory, disk and
+//! PID pressure reported by the node's agent become NoSchedule taints of their own.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +21,9 @@ use crate::cache::Cache;
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
+/// NoSchedule taints for conditions the kubelet reports (upstream's TaintNodesByCondition).
+const CONDITION_TAINTS: [(&str, &str); 3] =
+    [("MemoryPressure", "node.kubernetes.io/memory-pressure"), ("DiskPressure", "node.kubernetes.io/disk-pressure"), ("PIDPressure", "node.kubernetes.io/pid-pressure")];
 const LEASE_NAMESPACE: &str = "kube-node-lease";
 /// How often nodes are checked (upstream's --node-monitor-period).
 const MONITOR_PERIOD: Duration = Duration::from_secs(2);
@@ -84,13 +88,19 @@ async fn check_node(client: &Client, node: &Node, leases: &Cache<Lease>, grace: 
         tracing::info!(node = %node.name_any(), "node stopped posting status; marked Unknown");
     }
     let effective = if silent { "Unknown" } else { ready };
-    let wanted: Vec<(&str, &str)> = match effective {
+    let mut wanted: Vec<(&str, &str)> = match effective {
         "True" => vec![],
         "False" => vec![(NOT_READY, "NoSchedule"), (NOT_READY, "NoExecute")],
         _ => vec![(UNREACHABLE, "NoSchedule"), (UNREACHABLE, "NoExecute")],
     };
+    let conditions = node.status.as_ref().and_then(|s| s.conditions.as_ref());
+    for (condition, taint) in CONDITION_TAINTS {
+        if !silent && conditions.is_some_and(|c| c.iter().any(|c| c.type_ == condition && c.status == "True")) {
+            wanted.push((taint, "NoSchedule"));
+        }
+    }
     let current = node.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default();
-    let ours = |t: &Taint| t.key == UNREACHABLE || t.key == NOT_READY;
+    let ours = |t: &Taint| t.key == UNREACHABLE || t.key == NOT_READY || CONDITION_TAINTS.iter().any(|(_, key)| t.key == *key);
     let mut next: Vec<Taint> = current.iter().filter(|t| !ours(t) || wanted.contains(&(t.key.as_str(), t.effect.as_str()))).cloned().collect();
     for (key, effect) in &wanted {
         if !next.iter().any(|t| t.key == *key && t.effect == *effect) {
