@@ -87,6 +87,10 @@ impl Server {
                 extra_args.extend(["--node-ip", "127.0.0.1"].map(String::from));
             }
             extra_args.extend(["--kubelet-port", "0", "--node-name", "berth-test"].map(String::from));
+            // Disk thresholds would evict test pods on a nearly full CI disk; memory stays guarded.
+            if !args.contains(&"--eviction-hard") {
+                extra_args.extend(["--eviction-hard", "memory.available<100Mi"].map(String::from));
+            }
             let images = dir.path.join("agent").join("images");
             std::fs::create_dir_all(&images).expect("images dir");
             let status = Command::new(binary).args(["images", "build", "busybox", "--out"]).arg(images.join("busybox.tar")).status().expect("run berth images build");
