@@ -20,7 +20,9 @@ pub mod labels;
 pub mod namespace;
 pub mod nodeipam;
 pub mod nodelifecycle;
+pub mod persistentvolume;
 pub mod podgc;
+pub mod pvcprotection;
 pub mod replicaset;
 pub mod resourcequota;
 pub mod serviceaccount;
@@ -66,5 +68,7 @@ pub async fn run_all(client: kube::Client, options: Options) {
         disruption::run(client.clone()),
         job::run(client.clone()),
         cronjob::run(client.clone()),
+        persistentvolume::run(client.clone()),
+        pvcprotection::run(client.clone()),
     );
 }
