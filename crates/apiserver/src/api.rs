@@ -274,6 +274,7 @@ impl Api {
         }
         strategy::initial_status(def, &mut obj);
         strategy::admit_create(def, &mut obj);
+        crate::admission::admit_create(self, def, namespace, &mut obj).await?;
         strategy::apply_defaults(def, &mut obj);
         let name = objects::name(&obj).to_string();
         let causes = strategy::validate(def, &obj, None);

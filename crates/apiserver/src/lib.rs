@@ -7,6 +7,7 @@
 //! learn about the API). Architecture invariant: no handler knows a kind by name except through
 //! a strategy hook; adding a kind is adding a row to [`resources`].
 
+pub mod admission;
 pub mod allocator;
 pub mod api;
 pub mod binding;
@@ -32,6 +33,7 @@ pub mod resources;
 pub mod scale;
 pub mod selection;
 pub mod status;
+pub mod storage;
 pub mod streaming;
 pub mod strategy;
 pub mod tls;
@@ -125,6 +127,7 @@ pub async fn serve(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
     let openapi = Arc::new(openapi_docs::OpenApiDocs::new(&registry));
     let api = Arc::new(api::Api::new(store.clone(), registry.clone(), service_ips, openapi.clone()));
     api.bootstrap().await.map_err(|e| ServeError::Startup(e.message))?;
+    storage::ensure_local_path_class(&api).await.map_err(|e| ServeError::Startup(e.message))?;
     crd_controller::start(api.clone(), openapi.clone()).await.map_err(|e| ServeError::Startup(e.message))?;
 
     if !config.compaction_interval.is_zero() {
