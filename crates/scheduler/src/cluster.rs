@@ -26,6 +26,8 @@ pub struct Cluster {
     pub order: Vec<usize>,
     pub namespaces: HashMap<String, Labels>,
     pub classes: PriorityClasses,
+    /// Claims, volumes and storage classes (the VolumeBinding filter).
+    pub volumes: crate::volumebinding::Volumes,
     /// Pending pods that preempted victims on a node, by uid, with that node.
     nominations: HashMap<String, (String, Arc<PodInfo>)>,
     nominated_on: HashMap<String, Vec<Arc<PodInfo>>>,

@@ -10,8 +10,9 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use k8s_openapi::api::core::v1::{Event, EventSource, Namespace, Node, ObjectReference, Pod};
+use k8s_openapi::api::core::v1::{Event, EventSource, Namespace, Node, ObjectReference, PersistentVolume, PersistentVolumeClaim, Pod};
 use k8s_openapi::api::scheduling::v1::PriorityClass;
+use k8s_openapi::api::storage::v1::StorageClass;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
@@ -31,7 +32,10 @@ const SYNCED_NODES: u8 = 1;
 const SYNCED_PODS: u8 = 2;
 const SYNCED_CLASSES: u8 = 4;
 const SYNCED_NAMESPACES: u8 = 8;
-const SYNCED_ALL: u8 = SYNCED_NODES | SYNCED_PODS | SYNCED_CLASSES | SYNCED_NAMESPACES;
+const SYNCED_CLAIMS: u8 = 16;
+const SYNCED_VOLUMES: u8 = 32;
+const SYNCED_STORAGE_CLASSES: u8 = 64;
+const SYNCED_ALL: u8 = SYNCED_NODES | SYNCED_PODS | SYNCED_CLASSES | SYNCED_NAMESPACES | SYNCED_CLAIMS | SYNCED_VOLUMES | SYNCED_STORAGE_CLASSES;
 
 /// API calls carrying out decisions at once; more wait in the channel.
 const MAX_IN_FLIGHT_ACTIONS: usize = 64;
@@ -347,6 +351,36 @@ impl Watched for PriorityClass {
     }
 }
 
+/// Claims, volumes and storage classes: any change may let a pod the VolumeBinding filter
+/// rejected fit.
+macro_rules! watched_volume_object {
+    ($type:ty, $synced:expr, $key:expr, $apply:ident, $delete:ident, $keys:ident) => {
+        impl Watched for $type {
+            const SYNCED: u8 = $synced;
+            fn key(&self) -> Option<String> {
+                #[allow(clippy::redundant_closure_call)]
+                ($key)(self)
+            }
+            fn apply(mut self, state: &mut State, now: Instant) -> bool {
+                self.metadata.managed_fields = None;
+                state.cluster.volumes.$apply(self);
+                state.queue.move_unschedulable(Plugin::VolumeBinding.bit(), now)
+            }
+            fn delete(state: &mut State, key: &str, now: Instant) -> bool {
+                state.cluster.volumes.$delete(key);
+                state.queue.move_unschedulable(Plugin::VolumeBinding.bit(), now)
+            }
+            fn keys(state: &State) -> Vec<String> {
+                state.cluster.volumes.$keys()
+            }
+        }
+    };
+}
+
+watched_volume_object!(PersistentVolumeClaim, SYNCED_CLAIMS, |c: &PersistentVolumeClaim| Some(format!("{}/{}", c.metadata.namespace.as_deref()?, c.metadata.name.as_deref()?)), apply_claim, delete_claim, claim_keys);
+watched_volume_object!(PersistentVolume, SYNCED_VOLUMES, |v: &PersistentVolume| v.metadata.name.clone(), apply_volume, delete_volume, volume_keys);
+watched_volume_object!(StorageClass, SYNCED_STORAGE_CLASSES, |c: &StorageClass| c.metadata.name.clone(), apply_class, delete_class, class_keys);
+
 /// Feeds one watch into the state, a batch of events per lock.
 async fn watch<K: Watched>(api: Api<K>, config: watcher::Config, shared: Arc<Shared>) {
     let mut batches = std::pin::pin!(watcher(api, config).default_backoff().ready_chunks(WATCH_BATCH));
@@ -523,6 +557,13 @@ impl Executor {
     }
 
     async fn bind(&self, pod: Arc<PodInfo>, node: String) {
+        if let Err(error) = self.select_node_for_claims(&pod, &node).await {
+            tracing::warn!(%error, pod = %format!("{}/{}", pod.namespace, pod.name), %node, "naming the node on the pod's claims failed");
+            self.shared.lock().forget_assumed(&pod.uid, Instant::now());
+            self.shared.wake.notify_all();
+            self.failed(&pod, "SchedulerError", format!("running PreBind plugin \"VolumeBinding\": {error}"), Nomination::Keep).await;
+            return;
+        }
         let binding = json!({
             "apiVersion": "v1", "kind": "Binding",
             "metadata": {"name": pod.name, "namespace": pod.namespace, "uid": pod.uid},
@@ -550,6 +591,18 @@ impl Executor {
                 }
             }
         }
+    }
+
+    /// Upstream's VolumeBinding PreBind, minimally: unbound WaitForFirstConsumer claims learn the
+    /// chosen node, which the PersistentVolume controller and provisioners wait for.
+    async fn select_node_for_claims(&self, pod: &PodInfo, node: &str) -> Result<(), kube::Error> {
+        let claims = self.shared.lock().cluster.volumes.claims_to_select(pod, node);
+        let api: Api<PersistentVolumeClaim> = Api::namespaced(self.client.clone(), &pod.namespace);
+        for claim in claims {
+            let patch = json!({"metadata": {"annotations": {crate::volumebinding::ANN_SELECTED_NODE: node}}});
+            api.patch(&claim, &PatchParams::default(), &Patch::Merge(patch)).await?;
+        }
+        Ok(())
     }
 
     /// Records why the pod did not schedule: the PodScheduled=False condition (only when it
@@ -658,6 +711,9 @@ impl Running {
         tasks.spawn(watch(Api::<Node>::all(client.clone()), watcher::Config::default(), shared.clone()));
         tasks.spawn(watch(Api::<Namespace>::all(client.clone()), watcher::Config::default(), shared.clone()));
         tasks.spawn(watch(Api::<PriorityClass>::all(client.clone()), watcher::Config::default(), shared.clone()));
+        tasks.spawn(watch(Api::<PersistentVolumeClaim>::all(client.clone()), watcher::Config::default(), shared.clone()));
+        tasks.spawn(watch(Api::<PersistentVolume>::all(client.clone()), watcher::Config::default(), shared.clone()));
+        tasks.spawn(watch(Api::<StorageClass>::all(client.clone()), watcher::Config::default(), shared.clone()));
         let (event_tx, event_rx) = mpsc::channel(EVENT_BACKLOG);
         tasks.spawn(write_events(client.clone(), event_rx));
         let (action_tx, action_rx) = mpsc::unbounded_channel();

@@ -36,6 +36,7 @@ pub enum Plugin {
     NodeResourcesFit,
     PodTopologySpread,
     InterPodAffinity,
+    VolumeBinding,
 }
 
 impl Plugin {
@@ -180,6 +181,7 @@ pub struct CycleState<'a> {
     pub pod: &'a PodInfo,
     pub affinity: Option<AffinityState>,
     pub spread: Option<SpreadState>,
+    pub volumes: Option<crate::volumebinding::PodVolumes>,
 }
 
 /// Whether the pod's nodeSelector and required node affinity allow `node`.
@@ -202,7 +204,7 @@ fn no_schedule(t: &Taint) -> bool {
 
 impl<'a> CycleState<'a> {
     pub fn prepare(cluster: &Cluster, pod: &'a PodInfo) -> Self {
-        CycleState { pod, affinity: prepare_affinity(cluster, pod), spread: prepare_spread(cluster, pod) }
+        CycleState { pod, affinity: prepare_affinity(cluster, pod), spread: prepare_spread(cluster, pod), volumes: crate::volumebinding::PodVolumes::prepare(&cluster.volumes, pod) }
     }
 }
 
@@ -330,6 +332,9 @@ pub fn run_filters(cluster: &Cluster, state: &CycleState, node: &NodeInfo) -> Ou
     let nominated = Nominated::on(cluster, pod, &node.name);
     node_ports(pod, node, nominated.as_ref())?;
     resource_fit(pod, node, nominated.as_ref())?;
+    if let Some(volumes) = &state.volumes {
+        volumes.filter(node)?;
+    }
     if let Some(spread) = &state.spread {
         topology_spread(pod, spread, node)?;
     }

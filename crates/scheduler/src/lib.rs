@@ -9,7 +9,7 @@
 //! components too) and [`quantity`] (resource quantity parsing). Inside, from the bottom up:
 //! `resources` (a pod's effective requests), `selectors` (label and node selectors,
 //! tolerations), `model` (pods and nodes parsed for scheduling), `cluster` (the snapshot),
-//! `filters` and `scores` (the plugins), `algorithm` (one decision), `preemption`, `queue`, and
+//! `filters` and `scores` (the plugins), `volumebinding` (claims and volumes), `algorithm` (one decision), `preemption`, `queue`, and
 //! `driver` (watches, the decision thread, API calls).
 
 mod algorithm;
@@ -24,6 +24,7 @@ mod queue;
 mod resources;
 mod scores;
 mod selectors;
+mod volumebinding;
 
 /// The Lease only one scheduler at a time may hold, as upstream names it.
 pub const LEASE_NAMESPACE: &str = "kube-system";
