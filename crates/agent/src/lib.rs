@@ -5,7 +5,8 @@
 //! Modules: `containerd` (the supervised containerd), `cri` (the CRI client), `node` (registration,
 //! heartbeats, CNI config), `pods` (pod workers and the runtime relister), `runtime_state` (the
 //! runtime's view of a pod), `status` (pod status computation), `env` and `volumes` (what a
-//! container is given), `resources` (cgroup settings, QoS), `probes`, `logs` (CRI log files),
+//! container is given), `storage` (local-path volumes: provisioning, claims, cleanup),
+//! `resources` (cgroup settings, QoS), `probes`, `logs` (CRI log files),
 //! `server` (the HTTPS endpoint the API server proxies `kubectl logs` to), `streaming` (exec,
 //! attach and port-forward through the runtime's streaming server).
 
@@ -24,6 +25,7 @@ pub mod runtime_state;
 pub mod server;
 pub mod static_pods;
 pub mod status;
+pub mod storage;
 pub mod streaming;
 pub mod volumes;
 
@@ -170,6 +172,7 @@ pub async fn start(client: kube::Client, config: AgentConfig) -> Result<RunningA
     let manifests = config.pod_manifest_path.clone().unwrap_or_else(|| config.dir.join("manifests"));
     tasks.spawn(static_pods::run(client.clone(), config.node_name.clone(), manifests));
     tasks.spawn(pods::run(ctx.clone()));
+    tasks.spawn(storage::run(ctx.clone()));
     Ok(RunningAgent { tasks, port: server.port })
 }
 

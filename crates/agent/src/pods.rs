@@ -534,7 +534,8 @@ async fn sync_pod(ctx: &Context, pod: &Pod, state: &mut PodState) -> Result<Dura
     // Volumes, refreshed every resync so ConfigMap and Secret changes reach the files.
     if state.volumes_at.is_none_or(|at| at.elapsed() >= RESYNC) {
         let mut sources = Sources::new(ctx.client.clone(), &pod.namespace().unwrap_or_default());
-        let claims = |_: &str| None;
+        let claim_paths = crate::storage::claim_paths(ctx, pod).await;
+        let claims = |name: &str| claim_paths.get(name).cloned().unwrap_or_else(|| Err(format!("persistentvolumeclaim \"{name}\" was not looked up")));
         match volumes::prepare(&ctx.pods_dir, pod, &ctx.node_ip, &pod_ips, &mut sources, &claims).await {
             Ok(paths) => {
                 state.volume_paths = paths;

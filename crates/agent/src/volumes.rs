@@ -53,8 +53,9 @@ fn plugin_dir(volume: &Volume) -> &'static str {
 }
 
 /// Prepares every volume of the pod (again: refreshes ConfigMap/Secret contents) and returns the
-/// host path of each by name.
-pub async fn prepare(pods_dir: &Path, pod: &Pod, host_ip: &str, pod_ips: &[String], sources: &mut Sources, claims: &(dyn Fn(&str) -> Option<PathBuf> + Sync)) -> Result<BTreeMap<String, PathBuf>, VolumeError> {
+/// host path of each by name. `claims` gives a claim's volume path, or why there is none (it is
+/// looked up in the API beforehand).
+pub async fn prepare(pods_dir: &Path, pod: &Pod, host_ip: &str, pod_ips: &[String], sources: &mut Sources, claims: &(dyn Fn(&str) -> Result<PathBuf, String> + Sync)) -> Result<BTreeMap<String, PathBuf>, VolumeError> {
     let uid = pod.metadata.uid.as_deref().unwrap_or("unknown");
     let base = pod_volumes_dir(pods_dir, uid);
     let mut paths = BTreeMap::new();
@@ -144,7 +145,7 @@ pub async fn prepare(pods_dir: &Path, pod: &Pod, host_ip: &str, pod_ips: &[Strin
             write_atomic(&dir, &files, Some(0o777))?;
             paths.insert(volume.name.clone(), dir);
         } else if let Some(claim) = &volume.persistent_volume_claim {
-            let path = claims(&claim.claim_name).ok_or_else(|| invalid(&format!("persistentVolumeClaim \"{}\" is not bound to a local volume", claim.claim_name)))?;
+            let path = claims(&claim.claim_name).map_err(|message| invalid(&message))?;
             paths.insert(volume.name.clone(), path);
         } else {
             return Err(invalid("this volume type is not supported by the berth agent"));

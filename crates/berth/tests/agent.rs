@@ -409,3 +409,76 @@ fn a_node_under_pressure_reports_it_and_evicts_pods() {
     });
     assert!(stopped.is_some(), "{}", String::from_utf8_lossy(&server.ctr(&["tasks", "ls"]).stdout));
 }
+
+const LOGGER: &str = r#"
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: logger}
+spec:
+  replicas: 1
+  serviceName: logger
+  selector: {matchLabels: {app: logger}}
+  template:
+    metadata: {labels: {app: logger}}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: main
+        image: berth.dev/busybox:1
+        command: ["sh", "-c", "date >> /data/log; cat /data/log; sleep 3600"]
+        volumeMounts: [{name: data, mountPath: /data}]
+  volumeClaimTemplates:
+  - metadata: {name: data}
+    spec: {accessModes: [ReadWriteOnce], resources: {requests: {storage: 1Gi}}}
+"#;
+
+#[test]
+fn statefulset_data_survives_its_pod_on_a_local_path_volume() {
+    let (_guard, server) = server();
+    let class = server.get_json(&["storageclass", "local-path"]);
+    assert_eq!(class["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"], "true");
+    assert_eq!((class["provisioner"].as_str(), class["volumeBindingMode"].as_str(), class["reclaimPolicy"].as_str()), (Some("berth.dev/local-path"), Some("WaitForFirstConsumer"), Some("Delete")));
+
+    server.ok_stdin(&["apply", "-f", "-"], LOGGER);
+    let first = wait_pod(&server, "logger-0", "Running", |p| phase(p) == "Running" && container_status(p, "main")["ready"] == true);
+    let claim = server.get_json(&["pvc", "data-logger-0"]);
+    assert_eq!(claim["spec"]["storageClassName"], "local-path", "the default class is filled in");
+    assert_eq!(claim["metadata"]["annotations"]["volume.kubernetes.io/selected-node"], "berth-test", "the scheduler names the node");
+    assert_eq!(claim["status"]["phase"], "Bound");
+    assert_eq!(claim["status"]["capacity"]["storage"], "1Gi");
+    let volume_name = claim["spec"]["volumeName"].as_str().unwrap_or("").to_string();
+    assert_eq!(volume_name, format!("pvc-{}", claim["metadata"]["uid"].as_str().unwrap_or("")));
+    let volume = server.get_json(&["pv", &volume_name]);
+    assert_eq!(volume["status"]["phase"], "Bound");
+    assert_eq!(volume["spec"]["claimRef"]["name"], "data-logger-0");
+    assert_eq!(volume["spec"]["persistentVolumeReclaimPolicy"], "Delete");
+    assert_eq!(volume["spec"]["nodeAffinity"]["required"]["nodeSelectorTerms"][0]["matchExpressions"][0]["values"][0], "berth-test");
+    let dir = server.data_dir().join("agent").join("storage").join(format!("{volume_name}_default_data-logger-0"));
+    assert_eq!(volume["spec"]["local"]["path"].as_str(), Some(dir.to_str().unwrap_or("")));
+    let table = server.ok(&["get", "pvc,pv"]);
+    assert_eq!(table.matches("Bound").count(), 2, "{table}");
+    let lines = |pod: &str| eventually(Duration::from_secs(20), || Some(server.ok(&["logs", pod])).filter(|l| !l.is_empty())).unwrap_or_default().lines().count();
+    assert_eq!(lines("logger-0"), 1);
+    assert_eq!(std::fs::read_to_string(dir.join("log")).unwrap_or_default().lines().count(), 1, "the data is in the node's directory");
+
+    // The set makes the pod again; the new one sees what the old one wrote.
+    server.ok(&["delete", "pod", "logger-0"]);
+    let uid = first["metadata"]["uid"].clone();
+    wait_pod(&server, "logger-0", "made again and Running", |p| p["metadata"]["uid"] != uid && phase(p) == "Running" && container_status(p, "main")["ready"] == true);
+    assert_eq!(lines("logger-0"), 2, "{}", server.ok(&["logs", "logger-0"]));
+
+    // A pod naming a claim that does not exist does not schedule.
+    server.ok(&["run", "orphan", "--image=berth.dev/busybox:1", "--overrides", r#"{"spec":{"volumes":[{"name":"v","persistentVolumeClaim":{"claimName":"nope"}}]}}"#]);
+    let p = wait_pod(&server, "orphan", "unschedulable", |p| p["status"]["conditions"][0]["reason"] == "Unschedulable");
+    assert!(p["status"]["conditions"][0]["message"].as_str().unwrap_or("").contains("persistentvolumeclaim \"nope\" not found"), "{p}");
+
+    // Deleting the claim (once no pod uses it) deletes the volume and its directory.
+    server.ok(&["delete", "statefulset", "logger"]);
+    server.ok(&["delete", "pvc", "data-logger-0", "--wait=false"]);
+    let gone = eventually(Duration::from_secs(60), || {
+        let volumes = server.get_json(&["pv"]);
+        (volumes["items"].as_array().is_some_and(|v| v.is_empty()) && !dir.exists()).then_some(())
+    });
+    assert!(gone.is_some(), "the volume and {} are removed: {}", dir.display(), server.ok(&["get", "pv,pvc", "-o", "wide"]));
+    assert!(!server.kubectl(&["get", "pvc", "data-logger-0"]).status.success());
+}
