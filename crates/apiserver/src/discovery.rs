@@ -80,6 +80,9 @@ fn resource_entries(def: &ResourceDef) -> Vec<Value> {
     if def.scale.is_some() {
         out.push(json!({"name": format!("{}/scale", def.plural), "singularName": "", "namespaced": def.namespaced, "group": "autoscaling", "version": "v1", "kind": "Scale", "verbs": ["get", "patch", "update"]}));
     }
+    if def.group.is_empty() && def.kind == "ServiceAccount" {
+        out.push(json!({"name": "serviceaccounts/token", "singularName": "", "namespaced": true, "group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest", "verbs": ["create"]}));
+    }
     if def.group.is_empty() && def.kind == "Namespace" {
         out.push(json!({"name": "namespaces/finalize", "singularName": "", "namespaced": false, "kind": "Namespace", "verbs": ["update"]}));
     }
@@ -127,6 +130,9 @@ pub fn aggregated(registry: &Registry, core: bool, api_version: &str) -> Value {
                             }
                             if def.scale.is_some() {
                                 subresources.push(json!({"subresource": "scale", "responseKind": {"group": "autoscaling", "version": "v1", "kind": "Scale"}, "verbs": ["get", "patch", "update"]}));
+                            }
+                            if def.group.is_empty() && def.kind == "ServiceAccount" {
+                                subresources.push(json!({"subresource": "token", "responseKind": {"group": "authentication.k8s.io", "version": "v1", "kind": "TokenRequest"}, "verbs": ["create"]}));
                             }
                             if def.group.is_empty() && def.kind == "Pod" {
                                 subresources.push(json!({"subresource": "binding", "responseKind": {"group": "", "version": "v1", "kind": "Binding"}, "verbs": ["create"]}));

@@ -34,6 +34,8 @@ pub struct Server {
     pub ca_pem: String,
     /// Connections to nodes' agents (pods/log).
     pub nodes: Arc<crate::node_proxy::NodeClient>,
+    /// Signs and checks service account tokens.
+    pub service_accounts: Arc<crate::serviceaccount::TokenIssuer>,
 }
 
 pub fn full(body: impl Into<Bytes>) -> Body {
@@ -243,11 +245,16 @@ pub async fn handle(server: Arc<Server>, req: http::Request<hyper::body::Incomin
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let identity = identity.or_else(|| bearer_identity(&server, req.headers()));
+    let identity = match identity {
+        Some(identity) => Some(identity),
+        None => bearer_identity(&server, req.headers()).await,
+    };
     let (verb, resource, resp) = if method == Method::GET && path == "/cacerts" {
         ("get", String::new(), bytes_response(200, Bytes::from(server.ca_pem.clone()), "text/plain; charset=utf-8"))
     } else if identity.is_none() && !is_public(&path) {
         ("", String::new(), error_response(&ApiError::unauthorized()))
+    } else if let (&Method::POST, Some(identity)) = (&method, identity.as_ref().filter(|_| path == "/apis/authentication.k8s.io/v1/selfsubjectreviews")) {
+        ("create", "selfsubjectreviews".into(), json_response(201, &crate::serviceaccount::self_subject_review(identity)))
     } else {
         route(&server, req).await
     };
@@ -255,10 +262,13 @@ pub async fn handle(server: Arc<Server>, req: http::Request<hyper::body::Incomin
     resp
 }
 
-fn bearer_identity(server: &Server, headers: &HeaderMap) -> Option<Identity> {
+async fn bearer_identity(server: &Server, headers: &HeaderMap) -> Option<Identity> {
     let auth = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let token = auth.strip_prefix("Bearer ")?.trim();
-    server.tokens.get(token).cloned()
+    match server.tokens.get(token) {
+        Some(identity) => Some(identity.clone()),
+        None => crate::serviceaccount::authenticate(&server.api, &server.service_accounts, token).await,
+    }
 }
 
 /// Dispatches; returns the verb and resource for metrics with the response.
@@ -272,6 +282,11 @@ async fn route(server: &Arc<Server>, req: http::Request<hyper::body::Incoming>) 
         ["version"] => return ("get", String::new(), get_only(json_response(200, &discovery::version()))),
         ["healthz" | "livez" | "readyz", ..] => return ("get", String::new(), get_only(bytes_response(200, Bytes::from_static(b"ok"), "text/plain; charset=utf-8"))),
         ["metrics"] => return ("get", String::new(), get_only(bytes_response(200, Bytes::from(server.metrics.render()), "text/plain; version=0.0.4; charset=utf-8"))),
+        [".well-known", "openid-configuration"] => return ("get", String::new(), get_only(json_response(200, &server.service_accounts.openid_configuration()))),
+        ["openid", "v1", "jwks"] => {
+            let body = Bytes::from(server.service_accounts.jwks().to_string());
+            return ("get", String::new(), get_only(bytes_response(200, body, "application/jwk-set+json")));
+        }
         ["openapi", "v2"] => return ("get", String::new(), get_only(server.openapi.serve_v2(&headers))),
         ["openapi", "v3"] => return ("get", String::new(), get_only(server.openapi.serve_v3_index(&headers))),
         ["openapi", "v3", rest @ ..] => {
@@ -375,6 +390,7 @@ async fn serve_resource(server: &Arc<Server>, req: http::Request<hyper::body::In
         Some("finalize") if def.kind == "Namespace" && def.group.is_empty() => Some(Subresource::Status),
         // pods/binding is create-only and handled below.
         Some("binding" | "eviction") if def.kind == "Pod" && def.group.is_empty() && method == Method::POST => None,
+        Some("token") if def.kind == "ServiceAccount" && def.group.is_empty() && method == Method::POST => None,
         Some(other) => return Err(("", ApiError::not_found_path(other))),
     };
     let finalize = target.subresource.as_deref() == Some("finalize");
@@ -436,6 +452,12 @@ async fn serve_resource(server: &Arc<Server>, req: http::Request<hyper::body::In
             let body = decode_object(&header_str(&headers, header::CONTENT_TYPE), &raw).map_err(|e| ("create", e))?;
             let status = crate::eviction::evict(api, &def, ns, name, &body, opts.dry_run).await.map_err(|e| ("create", e))?;
             Ok(("create", json_response(201, &status)))
+        }
+        (&Method::POST, Some(name)) if def.kind == "ServiceAccount" && def.group.is_empty() && target.subresource.as_deref() == Some("token") => {
+            let raw = read_body(req.into_body()).await.map_err(|e| ("create", e))?;
+            let body = decode_object(&header_str(&headers, header::CONTENT_TYPE), &raw).map_err(|e| ("create", e))?;
+            let request = crate::serviceaccount::create_token(api, &server.service_accounts, ns.unwrap_or("default"), name, &body).await.map_err(|e| ("create", e))?;
+            Ok(("create", render(201, &request, format)))
         }
         (&Method::PUT, Some(name)) => {
             let opts = query.write_options(&headers).map_err(|e| ("update", e))?;

@@ -32,6 +32,7 @@ pub mod printers;
 pub mod resources;
 pub mod scale;
 pub mod selection;
+pub mod serviceaccount;
 pub mod status;
 pub mod storage;
 pub mod streaming;
@@ -128,6 +129,7 @@ pub async fn serve(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
     let api = Arc::new(api::Api::new(store.clone(), registry.clone(), service_ips, openapi.clone()));
     api.bootstrap().await.map_err(|e| ServeError::Startup(e.message))?;
     storage::ensure_local_path_class(&api).await.map_err(|e| ServeError::Startup(e.message))?;
+    let service_accounts = Arc::new(serviceaccount::TokenIssuer::load_or_create(&pki.dir, format!("{server_url}/openid/v1/jwks"))?);
     crd_controller::start(api.clone(), openapi.clone()).await.map_err(|e| ServeError::Startup(e.message))?;
 
     if !config.compaction_interval.is_zero() {
@@ -143,6 +145,7 @@ pub async fn serve(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
         tokens: HashMap::from([(node_token, join::node_identity())]),
         ca_pem: pki.ca_pem.clone(),
         nodes,
+        service_accounts,
     });
     let acceptor = tokio_rustls::TlsAcceptor::from(tls_config);
     let accept_server = server.clone();
