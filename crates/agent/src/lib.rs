@@ -5,8 +5,9 @@
 //! Modules: `containerd` (the supervised containerd), `cri` (the CRI client), `node` (registration,
 //! heartbeats, CNI config), `pods` (pod workers and the runtime relister), `runtime_state` (the
 //! runtime's view of a pod), `status` (pod status computation), `env` and `volumes` (what a
-//! container is given), `storage` (local-path volumes: provisioning, claims, cleanup),
-//! `resources` (cgroup settings, QoS), `probes`, `logs` (CRI log files),
+//! container is given), `storage` (local-path volumes: provisioning, claims, cleanup), `tokens`
+//! (service account tokens of projected volumes), `resources` (cgroup settings, QoS), `probes`,
+//! `logs` (CRI log files),
 //! `server` (the HTTPS endpoint the API server proxies `kubectl logs` to), `streaming` (exec,
 //! attach and port-forward through the runtime's streaming server).
 
@@ -27,6 +28,7 @@ pub mod static_pods;
 pub mod status;
 pub mod storage;
 pub mod streaming;
+pub mod tokens;
 pub mod volumes;
 
 use std::collections::BTreeMap;
@@ -155,6 +157,7 @@ pub async fn start(client: kube::Client, config: AgentConfig) -> Result<RunningA
         logs_dir,
         recorder: controllers::events::Recorder::new(client.clone(), "kubelet"),
         pods: Default::default(),
+        tokens: Default::default(),
     });
     let server = server::serve(ctx.clone(), &config).await?;
     let node_settings = node::NodeSettings { kubelet_port: server.port, ..node_settings };

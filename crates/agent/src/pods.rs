@@ -47,6 +47,8 @@ pub struct Context {
     pub recorder: controllers::events::Recorder,
     /// Pods known to the agent, by UID (the log server resolves names through it).
     pub pods: Mutex<HashMap<String, Arc<Pod>>>,
+    /// Service account tokens of projected volumes.
+    pub tokens: crate::tokens::TokenCache,
 }
 
 impl Context {
@@ -536,7 +538,9 @@ async fn sync_pod(ctx: &Context, pod: &Pod, state: &mut PodState) -> Result<Dura
         let mut sources = Sources::new(ctx.client.clone(), &pod.namespace().unwrap_or_default());
         let claim_paths = crate::storage::claim_paths(ctx, pod).await;
         let claims = |name: &str| claim_paths.get(name).cloned().unwrap_or_else(|| Err(format!("persistentvolumeclaim \"{name}\" was not looked up")));
-        match volumes::prepare(&ctx.pods_dir, pod, &ctx.node_ip, &pod_ips, &mut sources, &claims).await {
+        let pod_tokens = crate::tokens::pod_tokens(ctx, pod).await;
+        let tokens = |source: &k8s_openapi::api::core::v1::ServiceAccountTokenProjection| pod_tokens.get(&crate::tokens::projection_key(source)).cloned().unwrap_or_else(|| Err("no token was requested".into()));
+        match volumes::prepare(&ctx.pods_dir, pod, &ctx.node_ip, &pod_ips, &mut sources, &claims, &tokens).await {
             Ok(paths) => {
                 state.volume_paths = paths;
                 state.volume_error = None;

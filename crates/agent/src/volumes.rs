@@ -10,7 +10,7 @@ use std::collections::BTreeMap;
 use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
-use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, Volume};
+use k8s_openapi::api::core::v1::{Container, KeyToPath, Pod, ServiceAccountTokenProjection, Volume};
 
 use crate::cri::api;
 use crate::env::{self, ConfigError, Sources};
@@ -53,9 +53,17 @@ fn plugin_dir(volume: &Volume) -> &'static str {
 }
 
 /// Prepares every volume of the pod (again: refreshes ConfigMap/Secret contents) and returns the
-/// host path of each by name. `claims` gives a claim's volume path, or why there is none (it is
-/// looked up in the API beforehand).
-pub async fn prepare(pods_dir: &Path, pod: &Pod, host_ip: &str, pod_ips: &[String], sources: &mut Sources, claims: &(dyn Fn(&str) -> Result<PathBuf, String> + Sync)) -> Result<BTreeMap<String, PathBuf>, VolumeError> {
+/// host path of each by name. `claims` gives a claim's volume path and `tokens` a service account
+/// token for a projection, or why not (both are fetched from the API beforehand).
+pub async fn prepare(
+    pods_dir: &Path,
+    pod: &Pod,
+    host_ip: &str,
+    pod_ips: &[String],
+    sources: &mut Sources,
+    claims: &(dyn Fn(&str) -> Result<PathBuf, String> + Sync),
+    tokens: &(dyn Fn(&ServiceAccountTokenProjection) -> Result<String, String> + Sync),
+) -> Result<BTreeMap<String, PathBuf>, VolumeError> {
     let uid = pod.metadata.uid.as_deref().unwrap_or("unknown");
     let base = pod_volumes_dir(pods_dir, uid);
     let mut paths = BTreeMap::new();
@@ -138,8 +146,9 @@ pub async fn prepare(pods_dir: &Path, pod: &Pod, host_ip: &str, pod_ips: &[Strin
                         files.insert(checked_path(&item.path, &volume.name)?, (content.into_bytes(), item.mode.or(projected.default_mode).unwrap_or(0o644)));
                     }
                 }
-                if source.service_account_token.is_some() {
-                    return Err(invalid("serviceAccountToken projections are not supported yet (no TokenRequest API)"));
+                if let Some(token_source) = &source.service_account_token {
+                    let token = tokens(token_source).map_err(|message| invalid(&message))?;
+                    files.insert(checked_path(&token_source.path, &volume.name)?, (token.into_bytes(), projected.default_mode.unwrap_or(0o644)));
                 }
             }
             write_atomic(&dir, &files, Some(0o777))?;

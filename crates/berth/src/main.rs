@@ -279,8 +279,9 @@ fn main() -> anyhow::Result<()> {
                 scheduler::run(client, scheduler::SchedulerOptions::default()).await.context("scheduler")
             }
             Command::ControllerManager { client, node_monitor_grace_period, cluster_cidr } => {
+                let root_ca_pem = kubeconfig_ca(&client.kubeconfig)?;
                 let client = client_for(&client.kubeconfig).await?;
-                run_controllers_as_leader(client, controllers::Options { node_monitor_grace_period, cluster_cidr }).await
+                run_controllers_as_leader(client, controllers::Options { node_monitor_grace_period, cluster_cidr, root_ca_pem }).await
             }
             Command::Agent(args) => {
                 let kubeconfig = match (&args.server, &args.token, &args.kubeconfig) {
@@ -328,7 +329,8 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let (running, store) = start_server(&args).await?;
     if !args.disable_controllers {
         let client = client_for(&running.kubeconfig).await?;
-        let options = controllers::Options { node_monitor_grace_period: args.node_monitor_grace_period, cluster_cidr: args.cluster_cidr.clone() };
+        let root_ca_pem = kubeconfig_ca(&running.kubeconfig)?;
+        let options = controllers::Options { node_monitor_grace_period: args.node_monitor_grace_period, cluster_cidr: args.cluster_cidr.clone(), root_ca_pem };
         // One server, one controller manager: no election in-process (yet: several servers
         // side by side will need it, as `berth controller-manager` has).
         tokio::spawn(controllers::run_all(client, options));

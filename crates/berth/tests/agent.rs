@@ -482,3 +482,60 @@ fn statefulset_data_survives_its_pod_on_a_local_path_volume() {
     assert!(gone.is_some(), "the volume and {} are removed: {}", dir.display(), server.ok(&["get", "pv,pvc", "-o", "wide"]));
     assert!(!server.kubectl(&["get", "pvc", "data-logger-0"]).status.success());
 }
+
+/// kubectl as someone holding only `token` (no client certificate).
+fn kubectl_with_token(server: &Server, token: &str, args: &[&str]) -> std::process::Output {
+    let address = format!("https://127.0.0.1:{}", server.port);
+    let ca = server.data_dir().join("pki").join("ca.crt");
+    let mut full = vec!["--kubeconfig", "/dev/null", "--server", &address, "--certificate-authority", ca.to_str().unwrap_or(""), "--token", token];
+    full.extend_from_slice(args);
+    server.kubectl_command(&full).output().expect("run kubectl")
+}
+
+#[test]
+fn pods_get_service_account_tokens_that_authenticate_them() {
+    let (_guard, server) = server();
+    let sa_dir = "/var/run/secrets/kubernetes.io/serviceaccount";
+    let script = format!("cat {sa_dir}/namespace; echo; cat {sa_dir}/ca.crt; cat {sa_dir}/token; echo; sleep 3600");
+    server.ok(&["run", "client", "--image=berth.dev/busybox:1", "--", "sh", "-c", &script]);
+    let p = wait_pod(&server, "client", "Running", |p| phase(p) == "Running");
+    let volume = p["spec"]["volumes"].as_array().and_then(|v| v.iter().find(|v| v["name"].as_str().is_some_and(|n| n.starts_with("kube-api-access-")))).cloned().unwrap_or_default();
+    assert_eq!(volume["projected"]["sources"][0]["serviceAccountToken"]["expirationSeconds"], 3607, "{p}");
+    assert_eq!(p["spec"]["containers"][0]["volumeMounts"][0]["mountPath"], sa_dir);
+
+    let logs = eventually(Duration::from_secs(20), || Some(server.ok(&["logs", "client"])).filter(|l| l.contains("END CERTIFICATE"))).unwrap_or_default();
+    let ca = std::fs::read_to_string(server.data_dir().join("pki").join("ca.crt")).unwrap_or_default();
+    assert!(logs.starts_with("default\n"), "the namespace file: {logs}");
+    assert!(logs.contains(&ca), "ca.crt is the cluster CA: {logs}");
+    let token = logs.lines().last().unwrap_or("").trim().to_string();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {logs}");
+
+    let whoami = kubectl_with_token(&server, &token, &["auth", "whoami", "-o", "json"]);
+    assert!(whoami.status.success(), "{}", String::from_utf8_lossy(&whoami.stderr));
+    let review: Value = serde_json::from_slice(&whoami.stdout).unwrap_or_default();
+    assert_eq!(review["status"]["userInfo"]["username"], "system:serviceaccount:default:default");
+    let groups = review["status"]["userInfo"]["groups"].to_string();
+    assert!(groups.contains("\"system:serviceaccounts\"") && groups.contains("system:serviceaccounts:default"), "{groups}");
+    assert!(kubectl_with_token(&server, &token, &["get", "pods"]).status.success(), "the token lists pods");
+    let forged = format!("{token}x");
+    assert!(!kubectl_with_token(&server, &forged, &["get", "pods"]).status.success(), "a tampered token is refused");
+
+    // kubectl create token, and its limits.
+    let made = server.ok(&["create", "token", "default", "--duration=20m"]);
+    assert!(kubectl_with_token(&server, made.trim(), &["auth", "whoami"]).status.success());
+    let short = server.fails(&["create", "token", "default", "--duration=1m"]);
+    assert!(short.contains("may not specify a duration less than 10 minutes"), "{short}");
+    let discovery = server.ok(&["get", "--raw", "/.well-known/openid-configuration"]);
+    assert!(discovery.contains("\"issuer\":\"https://kubernetes.default.svc.cluster.local\""), "{discovery}");
+    assert!(server.ok(&["get", "--raw", "/openid/v1/jwks"]).contains("\"kty\":\"EC\""));
+
+    // The pod's token dies with the pod.
+    server.ok(&["delete", "pod", "client", "--grace-period=0", "--force"]);
+    let refused = eventually(Duration::from_secs(20), || (!kubectl_with_token(&server, &token, &["get", "pods"]).status.success()).then_some(()));
+    assert!(refused.is_some(), "a token bound to a deleted pod is refused");
+
+    // Pods that opt out get no token volume.
+    server.ok(&["run", "no-token", "--image=berth.dev/busybox:1", "--overrides", r#"{"spec":{"automountServiceAccountToken":false}}"#, "--", "sleep", "3600"]);
+    let p = pod(&server, "no-token");
+    assert!(p["spec"].get("volumes").is_none_or(|v| v.as_array().is_some_and(|v| v.is_empty())), "{p}");
+}

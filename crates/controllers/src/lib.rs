@@ -25,6 +25,7 @@ pub mod podgc;
 pub mod pvcprotection;
 pub mod replicaset;
 pub mod resourcequota;
+pub mod rootcacert;
 pub mod serviceaccount;
 pub mod statefulset;
 pub mod workqueue;
@@ -40,11 +41,14 @@ pub struct Options {
     /// Where nodes' pod CIDRs come from (`--cluster-cidr`: one range, or an IPv4 and an IPv6 one
     /// separated by a comma; empty allocates none).
     pub cluster_cidr: String,
+    /// The cluster CA (PEM) published to every namespace as `kube-root-ca.crt` (upstream's
+    /// `--root-ca-file`); none publishes nothing.
+    pub root_ca_pem: Option<String>,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { node_monitor_grace_period: Duration::from_secs(40), cluster_cidr: nodeipam::DEFAULT_CLUSTER_CIDR.to_string() }
+        Self { node_monitor_grace_period: Duration::from_secs(40), cluster_cidr: nodeipam::DEFAULT_CLUSTER_CIDR.to_string(), root_ca_pem: None }
     }
 }
 
@@ -70,5 +74,10 @@ pub async fn run_all(client: kube::Client, options: Options) {
         cronjob::run(client.clone()),
         persistentvolume::run(client.clone()),
         pvcprotection::run(client.clone()),
+        async {
+            if let Some(ca) = options.root_ca_pem.clone() {
+                rootcacert::run(client.clone(), ca).await;
+            }
+        },
     );
 }
