@@ -9,7 +9,8 @@
 //! (service account tokens of projected volumes), `resources` (cgroup settings, QoS), `probes`,
 //! `logs` (CRI log files),
 //! `server` (the HTTPS endpoint the API server proxies `kubectl logs` to), `streaming` (exec,
-//! attach and port-forward through the runtime's streaming server).
+//! attach and port-forward through the runtime's streaming server), `stats` (CPU and memory usage
+//! of the node, pods and containers for `kubectl top`).
 
 pub mod containerd;
 pub mod cri;
@@ -25,6 +26,7 @@ pub mod resources;
 pub mod runtime_state;
 pub mod server;
 pub mod static_pods;
+pub mod stats;
 pub mod status;
 pub mod storage;
 pub mod streaming;
@@ -158,6 +160,7 @@ pub async fn start(client: kube::Client, config: AgentConfig) -> Result<RunningA
         recorder: controllers::events::Recorder::new(client.clone(), "kubelet"),
         pods: Default::default(),
         tokens: Default::default(),
+        stats: Default::default(),
     });
     let server = server::serve(ctx.clone(), &config).await?;
     let node_settings = node::NodeSettings { kubelet_port: server.port, ..node_settings };
@@ -175,6 +178,7 @@ pub async fn start(client: kube::Client, config: AgentConfig) -> Result<RunningA
     let manifests = config.pod_manifest_path.clone().unwrap_or_else(|| config.dir.join("manifests"));
     tasks.spawn(static_pods::run(client.clone(), config.node_name.clone(), manifests));
     tasks.spawn(pods::run(ctx.clone()));
+    tasks.spawn(stats::run(ctx.clone()));
     tasks.spawn(storage::run(ctx.clone()));
     Ok(RunningAgent { tasks, port: server.port })
 }

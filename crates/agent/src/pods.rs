@@ -49,6 +49,8 @@ pub struct Context {
     pub pods: Mutex<HashMap<String, Arc<Pod>>>,
     /// Service account tokens of projected volumes.
     pub tokens: crate::tokens::TokenCache,
+    /// Resource usage for `kubectl top` (the endpoint's `/stats/resource`).
+    pub stats: crate::stats::ResourceStats,
 }
 
 impl Context {

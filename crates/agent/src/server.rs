@@ -1,5 +1,6 @@
 //! The agent's HTTPS endpoint (the kubelet's port 10250): the API server proxies
-//! `kubectl logs` here. Only clients with a certificate from the cluster CA are served (the API
+//! `kubectl logs` here and reads resource usage for metrics.k8s.io (`/stats/resource`, JSON
+//! described in [`crate::stats`]). Only clients with a certificate from the cluster CA are served (the API
 //! server presents its kubelet-client certificate); the serving certificate is the agent's own,
 //! self-signed, which the API server does not verify yet, as upstream without
 //! `--kubelet-certificate-authority`.
@@ -116,6 +117,11 @@ async fn route(ctx: Arc<Context>, request: Request<Incoming>) -> Response<Body> 
     let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     match parts.as_slice() {
         ["containerLogs", namespace, pod, container] => container_logs(&ctx, namespace, pod, container, &query).await,
+        ["stats", "resource"] => {
+            let mut response = text(StatusCode::OK, serde_json::to_string(&ctx.stats.summary()).unwrap_or_default());
+            response.headers_mut().insert(hyper::header::CONTENT_TYPE, hyper::header::HeaderValue::from_static("application/json"));
+            response
+        }
         _ => text(StatusCode::NOT_FOUND, format!("404 page not found: {path}")),
     }
 }
