@@ -46,7 +46,8 @@ fn group_json(group: &str, versions: &[String]) -> Value {
 }
 
 pub fn group_list(registry: &Registry) -> Value {
-    let groups: Vec<Value> = registry.groups().iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_json(g, vs)).collect();
+    let mut groups: Vec<Value> = registry.groups().iter().filter(|(g, _)| !g.is_empty()).map(|(g, vs)| group_json(g, vs)).collect();
+    groups.push(crate::resource_metrics::group_entry());
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -111,7 +112,7 @@ pub fn resource_list(registry: &Registry, group: &str, version: &str) -> Option<
 /// Aggregated discovery (apidiscovery.k8s.io/v2): every group-version in one answer, which is
 /// what kubectl 1.27+ asks for first and saves it one request per group-version.
 pub fn aggregated(registry: &Registry, core: bool, api_version: &str) -> Value {
-    let groups: Vec<Value> = registry
+    let mut groups: Vec<Value> = registry
         .groups()
         .into_iter()
         .filter(|(g, _)| g.is_empty() == core)
@@ -167,5 +168,8 @@ pub fn aggregated(registry: &Registry, core: bool, api_version: &str) -> Value {
             json!({"metadata": {"name": g, "creationTimestamp": null}, "versions": vs})
         })
         .collect();
+    if !core {
+        groups.push(crate::resource_metrics::aggregated_group());
+    }
     json!({"kind": "APIGroupDiscoveryList", "apiVersion": api_version, "metadata": {}, "items": groups})
 }

@@ -293,6 +293,8 @@ async fn route(server: &Arc<Server>, req: http::Request<hyper::body::Incoming>) 
             let query = Query::parse(req.uri().query());
             return ("get", String::new(), get_only(server.openapi.serve_v3(&rest.join("/"), query.get("hash"), &headers)));
         }
+        // Built in rather than aggregated; the group and its resources are not in the registry.
+        ["apis", crate::resource_metrics::GROUP, rest @ ..] => return crate::resource_metrics::route(server, req, rest).await,
         ["api"] => return ("get", String::new(), get_only(discovery_root(server, &headers, true))),
         ["apis"] => return ("get", String::new(), get_only(discovery_root(server, &headers, false))),
         ["api", "v1"] => {
