@@ -1,4 +1,5 @@
-//! `berth images`: builds the node's pause and busybox images and imports them into containerd.
+//! `berth images`: builds the node's pause and busybox images, imports them into containerd, and
+//! serves archives as a registry.
 
 use std::path::PathBuf;
 
@@ -29,6 +30,18 @@ pub enum ImagesCommand {
         #[arg(long, default_value = "/var/lib/berth/agent/containerd/containerd.sock")]
         address: PathBuf,
     },
+    /// Serve the archives in a directory as a read-only registry (OCI distribution API over plain
+    /// HTTP): `berth.dev/busybox:1` in an archive is pulled as `ADDRESS/busybox:1`.
+    Serve {
+        /// The directory of OCI image-layout archives (`*.tar`).
+        dir: PathBuf,
+        /// Address to listen on; port 0 picks a free one. The first line printed names it.
+        #[arg(long, default_value = "127.0.0.1:5000")]
+        listen: std::net::SocketAddr,
+        /// Require HTTP basic auth with these credentials (USER:PASSWORD).
+        #[arg(long, value_name = "USER:PASSWORD")]
+        basic_auth: Option<String>,
+    },
 }
 
 #[derive(clap::ValueEnum, Clone, Copy)]
@@ -53,6 +66,21 @@ pub async fn run(command: ImagesCommand) -> anyhow::Result<()> {
                 let names = ::images::Archive::references(&archive)?;
                 println!("imported {}: {}", archive.display(), names.join(", "));
             }
+        }
+        ImagesCommand::Serve { dir, listen, basic_auth } => {
+            if basic_auth.as_deref().is_some_and(|c| !c.contains(':')) {
+                anyhow::bail!("--basic-auth takes USER:PASSWORD");
+            }
+            let content = ::images::registry::Content::load_dir(&dir)?;
+            let references = content.references();
+            if references.is_empty() {
+                anyhow::bail!("no images in {}", dir.display());
+            }
+            let listener = tokio::net::TcpListener::bind(listen).await.with_context(|| format!("listening on {listen}"))?;
+            let address = listener.local_addr()?;
+            println!("serving on http://{address}: {}", references.join(", "));
+            let registry = std::sync::Arc::new(::images::registry::Registry::new(content, basic_auth.as_deref()));
+            ::images::registry::serve(listener, registry).await;
         }
     }
     Ok(())

@@ -56,7 +56,8 @@ enum Command {
         #[command(subcommand)]
         what: bench::BenchCommand,
     },
-    /// Build the node's pause and busybox images and import them into containerd.
+    /// Build the node's pause and busybox images, import them into containerd, serve them as a
+    /// registry.
     Images {
         #[command(subcommand)]
         what: images::ImagesCommand,

@@ -1,5 +1,6 @@
-//! The node's own images, built from the host's static busybox because Berth has no registry to
-//! pull from: the pod sandbox (`pause`) image and a small busybox image for tests and examples.
+//! The node's own images, built from the host's static busybox so that a node needs no registry:
+//! the pod sandbox (`pause`) image and a small busybox image for tests and examples. `registry`
+//! serves such archives as a read-only registry, to exercise pulls over the network.
 //!
 //! Images are written as OCI image-layout archives (a tar of `oci-layout`, `index.json` and
 //! `blobs/sha256/...`) that `ctr images import` names from the `io.containerd.image.name`
@@ -8,6 +9,7 @@
 
 mod builder;
 mod ctr;
+pub mod registry;
 mod system;
 
 pub use builder::{Archive, ImageBuilder, oci_architecture};
