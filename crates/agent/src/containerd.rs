@@ -27,6 +27,8 @@ pub struct ContainerdPaths {
     pub log: PathBuf,
     /// The CNI configuration directory containerd's CRI plugin reads.
     pub cni_conf_dir: PathBuf,
+    /// Registry hosts configuration (`<host:port>/hosts.toml`), read at every pull.
+    pub hosts_dir: PathBuf,
 }
 
 impl ContainerdPaths {
@@ -37,6 +39,7 @@ impl ContainerdPaths {
             config: dir.join("config.toml"),
             log: dir.join("containerd.log"),
             cni_conf_dir: agent_dir.join("cni").join("net.d"),
+            hosts_dir: dir.join("certs.d"),
             dir,
         }
     }
@@ -91,6 +94,8 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = {cni_bin}
     conf_dir = {cni_conf}
+  [plugins."io.containerd.grpc.v1.cri".registry]
+    config_path = {hosts}
 "#,
         root = q(&paths.dir.join("root")),
         state = q(&paths.dir.join("state")),
@@ -101,6 +106,7 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         restrict_oom = !can_lower_oom_score(),
         runc_root = q(&paths.dir.join("state").join("runc")),
         cni_conf = q(&paths.cni_conf_dir),
+        hosts = q(&paths.hosts_dir),
     )
 }
 
@@ -142,7 +148,7 @@ impl Containerd {
             let path = path.to_path_buf();
             move |source| ContainerdError::Io { path, source }
         };
-        for dir in [&paths.dir, &paths.cni_conf_dir] {
+        for dir in [&paths.dir, &paths.cni_conf_dir, &paths.hosts_dir] {
             std::fs::create_dir_all(dir).map_err(io(dir))?;
         }
         std::fs::write(&paths.config, config_toml(&paths, &settings)).map_err(io(&paths.config))?;
@@ -232,5 +238,6 @@ mod tests {
         assert!(text.contains(r#"address = "/data/a \"b\"/agent/containerd/containerd.sock""#), "{text}");
         assert!(text.contains(&format!("sandbox_image = \"{}\"", crate::PAUSE_IMAGE)));
         assert!(text.contains(r#"bin_dir = "/usr/lib/cni""#));
+        assert!(text.contains(r#"config_path = "/data/a \"b\"/agent/containerd/certs.d""#), "{text}");
     }
 }

@@ -10,7 +10,8 @@
 //! `logs` (CRI log files),
 //! `server` (the HTTPS endpoint the API server proxies `kubectl logs` to), `streaming` (exec,
 //! attach and port-forward through the runtime's streaming server), `stats` (CPU and memory usage
-//! of the node, pods and containers for `kubectl top`).
+//! of the node, pods and containers for `kubectl top`), `registries` (containerd's registry hosts
+//! for `--insecure-registry`).
 
 pub mod containerd;
 pub mod cri;
@@ -22,6 +23,7 @@ pub mod network;
 pub mod node;
 pub mod pods;
 pub mod probes;
+pub mod registries;
 pub mod resources;
 pub mod runtime_state;
 pub mod server;
@@ -76,6 +78,8 @@ pub struct AgentConfig {
     pub pod_manifest_path: Option<PathBuf>,
     /// Hard eviction thresholds (`--eviction-hard`; empty: no eviction).
     pub eviction_hard: String,
+    /// Registries (HOST:PORT) the agent's containerd pulls from over plain HTTP.
+    pub insecure_registries: Vec<String>,
 }
 
 /// A hostname usable as a node name: lowercase, as the kubelet does.
@@ -127,6 +131,7 @@ pub async fn start(client: kube::Client, config: AgentConfig) -> Result<RunningA
     let (socket, own_containerd) = match &config.runtime_endpoint {
         Some(endpoint) => (endpoint.clone(), None),
         None => {
+            registries::write_plain_http(&paths.hosts_dir, &config.insecure_registries)?;
             let running = containerd::Containerd::start(paths.clone(), containerd::ContainerdSettings::default()).await?;
             (paths.socket.clone(), Some(running))
         }

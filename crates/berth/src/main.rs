@@ -116,6 +116,10 @@ pub struct NodeArgs {
     /// Hard eviction thresholds, as the kubelet's (empty turns eviction off).
     #[arg(long, default_value = agent::eviction::DEFAULT_EVICTION_HARD)]
     eviction_hard: String,
+    /// A registry to pull from over plain HTTP, as HOST:PORT (repeatable; written to
+    /// DATA/agent/containerd/certs.d, containerd's registry hosts directory).
+    #[arg(long = "insecure-registry", value_name = "HOST:PORT", value_parser = agent::registries::parse_host)]
+    insecure_registries: Vec<String>,
 }
 
 impl NodeArgs {
@@ -131,6 +135,7 @@ impl NodeArgs {
             client_ca_pem,
             pod_manifest_path: self.pod_manifest_path.clone(),
             eviction_hard: self.eviction_hard.clone(),
+            insecure_registries: self.insecure_registries.clone(),
         }
     }
 }
