@@ -162,7 +162,11 @@ impl Context {
                     continue;
                 }
                 let text = |key: &str| entry.get(key).and_then(Value::as_str).unwrap_or_default().to_string();
-                return Some(api::AuthConfig { username: text("username"), password: text("password"), auth: text("auth"), server_address: server.clone(), ..Default::default() });
+                // No server_address, as the kubelet sends none for pull secrets: containerd would
+                // parse it as a URL and offer the credentials only to that URL's host, so a
+                // scheme-less `host:port` fails to parse and `https://index.docker.io/v1/` never
+                // matches the host it pulls from (registry-1.docker.io).
+                return Some(api::AuthConfig { username: text("username"), password: text("password"), auth: text("auth"), ..Default::default() });
             }
         }
         None
