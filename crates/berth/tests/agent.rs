@@ -4,24 +4,14 @@
 //! Each test starts its own server; they run one at a time because every agent on the machine
 //! shares the host's `berth0` bridge and pod address range.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::Value;
-use testsupport::{Server, eventually};
+use testsupport::{AgentServer, Server, agent_server, eventually};
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn server() -> (std::sync::MutexGuard<'static, ()>, Server) {
-    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let server = Server::start_with_agent(env!("CARGO_BIN_EXE_berth"), &[]);
-    // The node is Ready once it has a pod CIDR and the CNI configuration is written.
-    let ready = eventually(Duration::from_secs(60), || {
-        let out = server.kubectl(&["get", "node", "berth-test", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]);
-        (String::from_utf8_lossy(&out.stdout) == "True").then_some(())
-    });
-    assert!(ready.is_some(), "node never became Ready:\n{}\n{}", server.ok(&["get", "nodes", "-o", "yaml"]), server.log());
-    (guard, server)
+fn server() -> AgentServer {
+    agent_server(env!("CARGO_BIN_EXE_berth"), &[])
 }
 
 fn pod(server: &Server, name: &str) -> Value {
@@ -46,7 +36,7 @@ fn container_status<'a>(p: &'a Value, name: &str) -> &'a Value {
 
 #[test]
 fn a_pod_runs_in_a_container_and_its_logs_show() {
-    let (_guard, server) = server();
+    let server = server();
     let node = server.get_json(&["node", "berth-test"]);
     assert_eq!(node["status"]["nodeInfo"]["containerRuntimeVersion"].as_str().unwrap_or("").split("://").next(), Some("containerd"));
     assert!(node["spec"]["podCIDR"].as_str().is_some_and(|c| c.ends_with("/24")), "{node}");
@@ -87,7 +77,7 @@ fn a_pod_runs_in_a_container_and_its_logs_show() {
 
 #[test]
 fn crashing_containers_restart_with_back_off_and_keep_previous_logs() {
-    let (_guard, server) = server();
+    let server = server();
     server.ok(&["run", "crasher", "--image=berth.dev/busybox:1", "--", "sh", "-c", "echo run at $(date +%s); exit 3"]);
     let p = wait_pod(&server, "crasher", "a restart and back-off", |p| {
         let s = container_status(p, "crasher");
@@ -112,7 +102,7 @@ fn crashing_containers_restart_with_back_off_and_keep_previous_logs() {
 
 #[test]
 fn configuration_volumes_probes_and_failures() {
-    let (_guard, server) = server();
+    let server = server();
     server.ok(&["create", "configmap", "settings", "--from-literal=color=blue", "--from-literal=size=L"]);
     server.ok(&["create", "secret", "generic", "creds", "--from-literal=password=s3cret"]);
     server.ok_stdin(
@@ -237,7 +227,7 @@ spec:
 
 #[test]
 fn a_deployment_runs_and_killed_containers_come_back() {
-    let (_guard, server) = server();
+    let server = server();
     server.ok(&["create", "deployment", "web", "--image=berth.dev/busybox:1", "--replicas=3", "--", "httpd", "-f", "-p", "8080"]);
     let ready = eventually(Duration::from_secs(90), || {
         let d = server.get_json(&["deployment", "web"]);
@@ -274,7 +264,7 @@ fn a_deployment_runs_and_killed_containers_come_back() {
 
 #[test]
 fn hooks_bad_commands_and_recovery_from_restarts() {
-    let (_guard, mut server) = server();
+    let mut server = server();
     let marker_dir = std::env::temp_dir().join(format!("berth-prestop-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&marker_dir);
     let manifest = r#"
@@ -343,7 +333,7 @@ spec:
 
 #[test]
 fn static_pods_from_the_manifest_directory_run_as_mirror_pods() {
-    let (_guard, server) = server();
+    let server = server();
     let manifests = server.data_dir().join("agent").join("manifests");
     std::fs::create_dir_all(&manifests).expect("manifest dir");
     std::fs::write(
@@ -383,9 +373,8 @@ fn static_pods_from_the_manifest_directory_run_as_mirror_pods() {
 
 #[test]
 fn a_node_under_pressure_reports_it_and_evicts_pods() {
-    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // A threshold no machine meets: the node is under memory pressure from the start.
-    let server = Server::start_with_agent(env!("CARGO_BIN_EXE_berth"), &["--eviction-hard", "memory.available<1000Ti"]);
+    let server = agent_server(env!("CARGO_BIN_EXE_berth"), &["--eviction-hard", "memory.available<1000Ti"]);
     let pressured = eventually(Duration::from_secs(60), || {
         let out = server.kubectl(&["get", "node", "berth-test", "-o", "json"]);
         let node: Value = serde_json::from_slice(&out.stdout).ok()?;
@@ -434,7 +423,7 @@ spec:
 
 #[test]
 fn statefulset_data_survives_its_pod_on_a_local_path_volume() {
-    let (_guard, server) = server();
+    let server = server();
     let class = server.get_json(&["storageclass", "local-path"]);
     assert_eq!(class["metadata"]["annotations"]["storageclass.kubernetes.io/is-default-class"], "true");
     assert_eq!((class["provisioner"].as_str(), class["volumeBindingMode"].as_str(), class["reclaimPolicy"].as_str()), (Some("berth.dev/local-path"), Some("WaitForFirstConsumer"), Some("Delete")));
@@ -494,7 +483,7 @@ fn kubectl_with_token(server: &Server, token: &str, args: &[&str]) -> std::proce
 
 #[test]
 fn pods_get_service_account_tokens_that_authenticate_them() {
-    let (_guard, server) = server();
+    let server = server();
     let sa_dir = "/var/run/secrets/kubernetes.io/serviceaccount";
     let script = format!("cat {sa_dir}/namespace; echo; cat {sa_dir}/ca.crt; cat {sa_dir}/token; echo; sleep 3600");
     server.ok(&["run", "client", "--image=berth.dev/busybox:1", "--", "sh", "-c", &script]);

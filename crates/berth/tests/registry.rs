@@ -6,13 +6,11 @@
 
 use std::io::BufRead;
 use std::process::{Child, ChildStdout, Command, Stdio};
-use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::Value;
-use testsupport::{Server, TempDir, eventually};
+use testsupport::{Server, TempDir, agent_server, eventually};
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
 /// A `berth images serve` child, killed on drop.
 struct Registry {
@@ -87,7 +85,6 @@ spec:
 
 #[test]
 fn pods_pull_from_a_registry_on_loopback_with_and_without_credentials() {
-    let _guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
     // The test image under a name nothing on the node has: it can only come from the registry.
     let content = TempDir::new("registry");
     let built = Command::new(env!("CARGO_BIN_EXE_berth"))
@@ -99,12 +96,7 @@ fn pods_pull_from_a_registry_on_loopback_with_and_without_credentials() {
     let open = Registry::start(&content.path, &[]);
     let locked = Registry::start(&content.path, &["--basic-auth", "puller:s3cret"]);
 
-    let server = Server::start_with_agent(env!("CARGO_BIN_EXE_berth"), &["--insecure-registry", &open.address, "--insecure-registry", &locked.address]);
-    let ready = eventually(Duration::from_secs(60), || {
-        let out = server.kubectl(&["get", "node", "berth-test", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]);
-        (String::from_utf8_lossy(&out.stdout) == "True").then_some(())
-    });
-    assert!(ready.is_some(), "node never became Ready:\n{}", server.log());
+    let server = agent_server(env!("CARGO_BIN_EXE_berth"), &["--insecure-registry", &open.address, "--insecure-registry", &locked.address]);
     let hosts = std::fs::read_to_string(server.data_dir().join("agent/containerd/certs.d").join(&open.address).join("hosts.toml")).expect("hosts.toml written");
     assert!(hosts.contains(&format!("server = \"http://{}\"", open.address)), "{hosts}");
 

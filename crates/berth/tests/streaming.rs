@@ -7,22 +7,13 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use testsupport::{Server, TempDir, eventually};
+use testsupport::{AgentServer, Server, TempDir, agent_server, eventually};
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn server() -> (std::sync::MutexGuard<'static, ()>, Server) {
-    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let server = Server::start_with_agent(env!("CARGO_BIN_EXE_berth"), &[]);
-    let ready = eventually(Duration::from_secs(60), || {
-        let out = server.kubectl(&["get", "node", "berth-test", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]);
-        (String::from_utf8_lossy(&out.stdout) == "True").then_some(())
-    });
-    assert!(ready.is_some(), "node never became Ready:\n{}", server.log());
-    (guard, server)
+fn server() -> AgentServer {
+    agent_server(env!("CARGO_BIN_EXE_berth"), &[])
 }
 
 /// The kubectls to try: one that speaks only SPDY and the newest ones (WebSocket), those
@@ -92,7 +83,7 @@ fn wait_running(server: &Server, name: &str) {
 
 #[test]
 fn exec_and_cp_with_spdy_and_websocket_kubectls() {
-    let (_guard, server) = server();
+    let server = server();
     server.ok_stdin(
         &["apply", "-f", "-"],
         r#"
@@ -159,7 +150,7 @@ spec:
 
 #[test]
 fn attach_and_port_forward() {
-    let (_guard, server) = server();
+    let server = server();
     server.ok_stdin(
         &["apply", "-f", "-"],
         r#"

@@ -3,23 +3,14 @@
 //!
 //! Tests here run one at a time (one agent per machine, see tests/agent.rs).
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::Value;
-use testsupport::{Server, eventually};
+use testsupport::{AgentServer, agent_server, eventually};
 
-static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
 
-fn server() -> (std::sync::MutexGuard<'static, ()>, Server) {
-    let guard = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let server = Server::start_with_agent(env!("CARGO_BIN_EXE_berth"), &[]);
-    let ready = eventually(Duration::from_secs(60), || {
-        let out = server.kubectl(&["get", "node", "berth-test", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]);
-        (String::from_utf8_lossy(&out.stdout) == "True").then_some(())
-    });
-    assert!(ready.is_some(), "node never became Ready:\n{}", server.log());
-    (guard, server)
+fn server() -> AgentServer {
+    agent_server(env!("CARGO_BIN_EXE_berth"), &[])
 }
 
 /// `kubectl top` rows as (name, millicores, mebibytes), from output without headers.
@@ -38,7 +29,7 @@ fn top_rows(text: &str) -> Vec<(String, i64, i64)> {
 
 #[test]
 fn kubectl_top_shows_pod_and_node_usage() {
-    let (_guard, server) = server();
+    let server = server();
     // kubectl top first checks that the group is served.
     assert!(server.ok(&["api-versions"]).lines().any(|l| l == "metrics.k8s.io/v1beta1"));
     assert!(server.ok(&["api-resources", "--api-group=metrics.k8s.io"]).contains("PodMetrics"));

@@ -290,3 +290,40 @@ pub fn eventually<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) ->
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+/// Agents on one machine share the host's `berth0` bridge and pod address range, so a test
+/// binary runs one agent at a time.
+static AGENT_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A server with its node agent, holding the one-agent-at-a-time lock until dropped (after the
+/// server: fields drop in order).
+pub struct AgentServer {
+    pub server: Server,
+    _guard: std::sync::MutexGuard<'static, ()>,
+}
+
+impl std::ops::Deref for AgentServer {
+    type Target = Server;
+    fn deref(&self) -> &Server {
+        &self.server
+    }
+}
+
+impl std::ops::DerefMut for AgentServer {
+    fn deref_mut(&mut self) -> &mut Server {
+        &mut self.server
+    }
+}
+
+/// Starts `berth server` with its agent (extra server flags in `args`) once no other agent of
+/// this test binary runs, and waits until the node `berth-test` is Ready.
+pub fn agent_server(binary: &str, args: &[&str]) -> AgentServer {
+    let guard = AGENT_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let server = Server::start_with_agent(binary, args);
+    let ready = eventually(Duration::from_secs(60), || {
+        let out = server.kubectl(&["get", "node", "berth-test", "-o", "jsonpath={.status.conditions[?(@.type==\"Ready\")].status}"]);
+        (String::from_utf8_lossy(&out.stdout) == "True").then_some(())
+    });
+    assert!(ready.is_some(), "node berth-test never became Ready:\n{}", server.log());
+    AgentServer { server, _guard: guard }
+}
