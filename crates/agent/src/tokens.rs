@@ -63,9 +63,9 @@ pub async fn pod_tokens(ctx: &Context, pod: &Pod) -> HashMap<(String, i64), Resu
         .filter_map(|s| s.service_account_token.as_ref().map(projection_key))
         .collect();
     for want in wanted {
-        if !out.contains_key(&want) {
-            let token = token_for(ctx, pod, &want.0, want.1).await;
-            out.insert(want, token);
+        if let std::collections::hash_map::Entry::Vacant(slot) = out.entry(want) {
+            let (audience, expiration) = slot.key().clone();
+            slot.insert(token_for(ctx, pod, &audience, expiration).await);
         }
     }
     out

@@ -516,6 +516,12 @@ fn printer(group: &str, kind: &str) -> Option<(Vec<Column>, Box<dyn Fn(&Value, j
     })
 }
 
+/// The Name cell; the default StorageClass reads "NAME (default)", as upstream prints it.
+fn name_cell(group: &str, kind: &str, obj: &Value) -> String {
+    let name = s(obj, "/metadata/name");
+    if (group, kind) == ("storage.k8s.io", "StorageClass") && crate::storage::is_default_class(obj) { format!("{name} (default)") } else { name.to_string() }
+}
+
 fn short_mode(mode: &str) -> &str {
     match mode {
         "ReadWriteOnce" => "RWO",
@@ -597,7 +603,7 @@ pub fn table_for(kind: (&str, &str), objects: &[&Value], options: &TableOptions,
         rows = objects
             .iter()
             .map(|o| {
-                let mut cells = if has_name { vec![json!(s(o, "/metadata/name"))] } else { vec![] };
+                let mut cells = if has_name { vec![json!(name_cell(group, kind_name, o))] } else { vec![] };
                 cells.extend(row(o, now));
                 cells
             })

@@ -37,7 +37,8 @@ pub async fn ensure_local_path_class(api: &Api) -> ApiResult<()> {
     }
 }
 
-fn is_default_class(class: &Value) -> bool {
+/// Upstream's IsDefaultAnnotation (either annotation, "true").
+pub fn is_default_class(class: &Value) -> bool {
     let annotations = class.pointer("/metadata/annotations");
     [DEFAULT_CLASS_ANNOTATION, BETA_DEFAULT_CLASS_ANNOTATION].iter().any(|key| annotations.and_then(|a| a.get(*key)).and_then(Value::as_str) == Some("true"))
 }
@@ -46,10 +47,11 @@ fn is_default_class(class: &Value) -> bool {
 /// it; only an absent field is defaulted, as upstream.
 pub async fn admit_claim(api: &Api, obj: &mut Value) -> ApiResult<()> {
     let unset = obj.pointer("/spec/storageClassName").is_none_or(Value::is_null);
-    if unset && let Some(class) = default_class(api).await? {
-        if let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut) {
-            spec.insert("storageClassName".into(), json!(class));
-        }
+    if unset
+        && let Some(class) = default_class(api).await?
+        && let Some(spec) = obj.get_mut("spec").and_then(Value::as_object_mut)
+    {
+        spec.insert("storageClassName".into(), json!(class));
     }
     let meta = metadata_mut(obj);
     let finalizers = meta.entry("finalizers").or_insert_with(|| json!([]));
@@ -90,5 +92,16 @@ mod tests {
         assert!(is_default_class(&json!({"metadata": {"annotations": {BETA_DEFAULT_CLASS_ANNOTATION: "true"}}})));
         assert!(!is_default_class(&json!({"metadata": {"annotations": {DEFAULT_CLASS_ANNOTATION: "false"}}})));
         assert!(!is_default_class(&json!({"metadata": {}})));
+    }
+
+    #[test]
+    fn the_default_class_is_marked_in_tables() {
+        use crate::printers::{IncludeObject, TableOptions, table_for};
+        let class = |name: &str, default: &str| json!({"metadata": {"name": name, "annotations": {DEFAULT_CLASS_ANNOTATION: default}}, "provisioner": LOCAL_PATH_PROVISIONER});
+        let (local, other) = (class(LOCAL_PATH_CLASS, "true"), class("slow", "false"));
+        let options = TableOptions { include_object: IncludeObject::None, resource_version: None, continue_token: None, remaining_item_count: None, printer_columns: None, no_headers: false };
+        let table = table_for(("storage.k8s.io", "StorageClass"), &[&local, &other], &options, jiff::Timestamp::now());
+        assert_eq!(table["rows"][0]["cells"][0], "local-path (default)");
+        assert_eq!(table["rows"][1]["cells"][0], "slow");
     }
 }
