@@ -190,8 +190,11 @@ fn endpoint_images_ns(s: &Server, ns: &str, service: &str) -> Vec<String> {
             if ep["conditions"]["ready"] == true
                 && let Some(name) = ep["targetRef"]["name"].as_str()
             {
-                let pod = s.get_json(&["-n", ns, "pod", name]);
-                images.push(pod["spec"]["containers"][0]["image"].as_str().unwrap_or("").to_string());
+                // A pod deleted since the slice was read shows as gone; callers poll until the
+                // slices catch up.
+                let out = s.kubectl(&["-n", ns, "get", "pod", name, "-o", "json"]);
+                let pod: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+                images.push(pod["spec"]["containers"][0]["image"].as_str().unwrap_or("(gone)").to_string());
             }
         }
     }
