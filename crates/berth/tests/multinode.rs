@@ -115,11 +115,13 @@ fn pods_on_two_nodes_reach_each_other() {
     // nc, not wget: Debian's static busybox wget crashes in its resolver.
     let script = format!("until printf 'GET /hostname HTTP/1.0\\\\r\\\\n\\\\r\\\\n' | nc -w 2 {target} 8080 | grep -q server-pod; do sleep 1; done; echo reached; ping -c 1 -W 2 {target} && echo pinged; sleep 3600");
     server.ok(&["run", "client-pod", "--image=berth.dev/busybox:1", "--overrides", &overrides("berth-test", &script)]);
+    // Not `ok`: the logs are refused while the container is still being created.
+    let logs = || String::from_utf8_lossy(&server.kubectl(&["logs", "client-pod"]).stdout).into_owned();
     let reached = eventually(Duration::from_secs(60), || {
-        let logs = server.ok(&["logs", "client-pod"]);
+        let logs = logs();
         (logs.contains("reached") && logs.contains("pinged")).then_some(logs)
     });
-    assert!(reached.is_some(), "cross-node traffic: {}\n{}", server.ok(&["logs", "client-pod"]), server.ok(&["get", "pods", "-o", "wide"]));
+    assert!(reached.is_some(), "cross-node traffic: {}\n{}", logs(), server.ok(&["get", "pods", "-o", "wide"]));
     // The second node's endpoint serves logs through the API server.
     let logs = server.ok(&["logs", "server-pod"]);
     assert!(!logs.contains("error"), "{logs}");
