@@ -34,6 +34,14 @@ fn names(objects: &[Value]) -> Vec<String> {
     names
 }
 
+/// Waits for an event with `reason` and `message` on the `kind` named `name` (controllers record
+/// in the background, so it may trail the change it describes) and returns it.
+fn await_event(s: &Server, kind: &str, name: &str, reason: &str, message: &str) -> Value {
+    let selector = format!("involvedObject.kind={kind},involvedObject.name={name},reason={reason}");
+    let found = eventually(Duration::from_secs(30), || items(s, &["events", "--field-selector", &selector]).into_iter().find(|e| e["message"] == message));
+    found.unwrap_or_else(|| panic!("no {reason} event \"{message}\" on {kind} {name}; have {:?}", items(s, &["events", "--field-selector", &selector])))
+}
+
 /// What the kubelet would report once the pod's containers run and pass readiness.
 fn mark_ready(s: &Server, pod: &str) {
     s.ok(&["patch", "pod", pod, "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Running","conditions":[{"type":"Ready","status":"True"}]}}"#]);
@@ -125,6 +133,12 @@ fn statefulset_orders_pods_keeps_storage_and_rolls_by_partition() {
     assert_eq!(volume["persistentVolumeClaim"]["claimName"], "data-web-0");
     assert_eq!(web0["metadata"]["ownerReferences"][0]["kind"], "StatefulSet");
     assert_eq!(web0["metadata"]["ownerReferences"][0]["controller"], true);
+    // Upstream's wording, on the set ("success" for claims, "successful" for pods).
+    await_event(&s, "StatefulSet", "web", "SuccessfulCreate", "create Claim data-web-0 Pod web-0 in StatefulSet web success");
+    let created = await_event(&s, "StatefulSet", "web", "SuccessfulCreate", "create Pod web-0 in StatefulSet web successful");
+    assert_eq!(created["type"], "Normal");
+    assert_eq!(created["source"]["component"], "statefulset-controller");
+    assert_eq!(created["involvedObject"]["namespace"], "default");
 
     mark_ready(&s, "web-0");
     wait_for("web-1", || get(&s, "pod", "web-1").is_some());
@@ -154,6 +168,7 @@ fn statefulset_orders_pods_keeps_storage_and_rolls_by_partition() {
     });
     assert_eq!(names(&items(&s, &["pvc"])), ["data-web-0", "data-web-1", "data-web-2"], "Retain keeps claims of removed pods");
     assert!(items(&s, &["pvc"]).iter().all(|c| c["metadata"].get("ownerReferences").is_none()), "Retain adds no owners");
+    await_event(&s, "StatefulSet", "web", "SuccessfulDelete", "delete Pod web-2 in StatefulSet web successful");
 
     s.ok(&["scale", "sts", "web", "--replicas=3"]);
     await_and_ready(&s, "web-1");
@@ -290,6 +305,12 @@ fn daemonset_runs_one_pod_per_eligible_node_and_follows_nodes() {
 
     // n3's taint is not tolerated; n4 is not selected.
     wait_for("pods on n1 and n2", || pinned_nodes(&s) == ["n1", "n2"]);
+    // The events name the pods the server generated, not the generateName prefix.
+    for pod in agent_pods(&s) {
+        let name = pod["metadata"]["name"].as_str().unwrap();
+        let event = await_event(&s, "DaemonSet", "agent", "SuccessfulCreate", &format!("Created pod: {name}"));
+        assert_eq!(event["source"]["component"], "daemonset-controller");
+    }
     let pod = agent_pods(&s)[0].clone();
     assert!(pod["spec"].get("nodeName").is_none(), "binding is the scheduler's job");
     let tolerations = pod["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
@@ -341,6 +362,15 @@ fn daemonset_runs_one_pod_per_eligible_node_and_follows_nodes() {
         st["updatedNumberScheduled"] == 3 && st["numberAvailable"] == 3
     });
     assert_eq!(items(&s, &["controllerrevisions", "-l", "app=agent"]).len(), 2);
+
+    // A failed daemon pod is reported, deleted and replaced.
+    let failed = agent_pods(&s).into_iter().find(|p| pinned_node(p) == "n3").expect("a pod on n3");
+    let failed_name = failed["metadata"]["name"].as_str().unwrap().to_string();
+    s.ok(&["patch", "pod", &failed_name, "--subresource=status", "--type=merge", "-p", r#"{"status":{"phase":"Failed"}}"#]);
+    let warning = await_event(&s, "DaemonSet", "agent", "FailedDaemonPod", &format!("Found failed daemon pod default/{failed_name} on node n3, will try to kill it"));
+    assert_eq!(warning["type"], "Warning");
+    await_event(&s, "DaemonSet", "agent", "SuccessfulDelete", &format!("Deleted pod: {failed_name}"));
+    wait_for("a new pod on n3", || agent_pods(&s).iter().any(|p| pinned_node(p) == "n3" && p["metadata"]["name"] != failed_name.as_str()));
 
     s.ok(&["delete", "ds", "agent"]);
     wait_for("pods collected with the set", || items(&s, &["pods", "-l", "app=agent"]).is_empty());

@@ -22,6 +22,15 @@ fn wait_for(what: &str, mut check: impl FnMut() -> bool) {
     assert!(eventually(Duration::from_secs(30), || check().then_some(())).is_some(), "timed out waiting for {what}");
 }
 
+/// Waits for an event with `reason` and `message` on the `kind` named `name` in namespace
+/// "default" (where events on cluster-scoped objects go too) and returns it.
+fn await_event(s: &Server, kind: &str, name: &str, reason: &str, message: &str) -> Value {
+    let selector = format!("involvedObject.kind={kind},involvedObject.name={name},reason={reason}");
+    let list = || s.get_json(&["events", "-n", "default", "--field-selector", &selector])["items"].as_array().cloned().unwrap_or_default();
+    let found = eventually(Duration::from_secs(30), || list().into_iter().find(|e| e["message"] == message));
+    found.unwrap_or_else(|| panic!("no {reason} event \"{message}\" on {kind} {name}; have {:?}", list()))
+}
+
 const REPLICASET: &str = r#"
 apiVersion: apps/v1
 kind: ReplicaSet
@@ -230,6 +239,8 @@ fn silent_nodes_become_unknown_tainted_and_their_pods_are_evicted() {
             "tolerations": [{"key": "node.kubernetes.io/unreachable", "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 1}]}}"#,
     );
     s.ok_stdin(&["create", "-f", "-"], r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "patient"}, "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}}"#);
+    // Ready as a kubelet would have reported it before falling silent.
+    s.ok(&["patch", "pod", "patient", "--subresource=status", "--type=merge", "-p", r#"{"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}"#]);
     let patient = s.get_json(&["pod", "patient"]);
     assert_eq!(patient["spec"]["serviceAccountName"], "default");
     let tolerations = patient["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
@@ -242,8 +253,19 @@ fn silent_nodes_become_unknown_tainted_and_their_pods_are_evicted() {
         let taints = node["spec"]["taints"].as_array().cloned().unwrap_or_default();
         ready["status"] == "Unknown" && ready["reason"] == "NodeStatusUnknown" && taints.iter().any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute")
     });
+    // Node events as upstream's node controller writes them: no namespace on the reference.
+    let registered = await_event(&s, "Node", "n1", "RegisteredNode", "Node n1 event: Registered Node n1 in Controller");
+    assert_eq!(registered["source"]["component"], "node-controller");
+    let not_ready = await_event(&s, "Node", "n1", "NodeNotReady", "Node n1 status is now: NodeNotReady");
+    assert_eq!(not_ready["type"], "Normal");
+    assert!(not_ready["involvedObject"].get("namespace").is_none(), "{not_ready}");
+    assert_eq!(not_ready["involvedObject"]["uid"], s.get_json(&["node", "n1"])["metadata"]["uid"]);
+    let pod_not_ready = await_event(&s, "Pod", "patient", "NodeNotReady", "Node is not ready");
+    assert_eq!(pod_not_ready["type"], "Warning");
     // Evicted: deleted gracefully, so it stays Terminating until a kubelet confirms, as upstream.
     wait_for("the pod tolerating 1 s evicted", || s.get_json(&["pod", "quick"])["metadata"].get("deletionTimestamp").is_some());
+    let eviction = await_event(&s, "Pod", "quick", "TaintManagerEviction", "Marking for deletion Pod default/quick");
+    assert_eq!(eviction["source"]["component"], "taint-eviction-controller");
     let patient = s.get_json(&["pod", "patient"]);
     assert!(patient["metadata"].get("deletionTimestamp").is_none(), "a pod tolerating 300 s stays for now");
     assert!(patient["status"]["conditions"].as_array().is_none_or(|c| !c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")));

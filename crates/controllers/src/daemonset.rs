@@ -21,6 +21,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::cache::Cache;
+use crate::events::{self, Recorder};
 use crate::history::{self, EXPECTATION_TIMEOUT, Expectations, POD_REVISION_LABEL};
 use crate::labels;
 use crate::replicaset::{is_available, ready_since};
@@ -40,6 +41,7 @@ type Key = (String, String);
 
 struct Ctx {
     client: Client,
+    recorder: Recorder,
     sets: Cache<DaemonSet>,
     pods: Cache<Pod>,
     nodes: Cache<Node>,
@@ -111,7 +113,8 @@ pub async fn run(client: Client) {
     pods.synced().await;
     nodes.synced().await;
     revisions.synced().await;
-    let ctx = Arc::new(Ctx { client, sets, pods, nodes, revisions, expectations, backoff: Mutex::new(HashMap::new()), queue: queue.clone() });
+    let recorder = Recorder::new(client.clone(), "daemonset-controller");
+    let ctx = Arc::new(Ctx { client, recorder, sets, pods, nodes, revisions, expectations, backoff: Mutex::new(HashMap::new()), queue: queue.clone() });
     run_workers(queue, rx, 4, move |key| {
         let ctx = ctx.clone();
         async move {
@@ -450,7 +453,12 @@ async fn manage(ctx: &Ctx, key: &Key, ds: &DaemonSet, spec: &DaemonSetSpec, node
                     let backoff_key = format!("{}/{}/{node_name}", ds.uid().unwrap_or_default(), ds.status.as_ref().and_then(|s| s.observed_generation).unwrap_or(0));
                     match failed_backoff(ctx, &backoff_key) {
                         Some(wait) => ctx.queue.add_after(key.clone(), wait),
-                        None => delete.push(pod.clone()),
+                        None => {
+                            // A pod the kubelet keeps rejecting is otherwise invisible churn.
+                            let message = format!("Found failed daemon pod {}/{} on node {node_name}, will try to kill it", pod.namespace().unwrap_or_default(), pod.name_any());
+                            ctx.recorder.warning(ds, "FailedDaemonPod", message);
+                            delete.push(pod.clone());
+                        }
                     }
                 }
                 "Succeeded" => delete.push(pod.clone()),
@@ -564,9 +572,16 @@ async fn sync_nodes(ctx: &Ctx, key: &Key, ds: &DaemonSet, spec: &DaemonSetSpec, 
         let mut failed = false;
         for result in results {
             match result {
-                Ok(pod) => ctx.expectations.expect_create(key, &pod.uid().unwrap_or_default()),
+                Ok(pod) => {
+                    // The name the server generated, not the template's generateName prefix.
+                    ctx.recorder.normal(ds, "SuccessfulCreate", format!("Created pod: {}", pod.name_any()));
+                    ctx.expectations.expect_create(key, &pod.uid().unwrap_or_default());
+                }
                 Err(error) => {
                     tracing::warn!(%error, daemonset = %key.1, "creating daemon pod failed");
+                    if !events::namespace_terminating(&error) {
+                        ctx.recorder.warning(ds, "FailedCreate", format!("Error creating: {}", events::describe(&error)));
+                    }
                     failed = true;
                     first_error.get_or_insert(error);
                 }
@@ -583,14 +598,20 @@ async fn sync_nodes(ctx: &Ctx, key: &Key, ds: &DaemonSet, spec: &DaemonSetSpec, 
         let uid = pod.uid().unwrap_or_default();
         ctx.expectations.expect_delete(key, &uid);
         let api = api.clone();
-        async move { (uid, api.delete(&pod.name_any(), &params).await) }
+        async move {
+            let name = pod.name_any();
+            let result = api.delete(&name, &params).await;
+            (uid, name, result)
+        }
     });
-    for (uid, result) in futures_util::future::join_all(deletes.collect::<Vec<_>>()).await {
+    for (uid, name, result) in futures_util::future::join_all(deletes.collect::<Vec<_>>()).await {
         match result {
-            Ok(_) => {}
+            Ok(_) => ctx.recorder.normal(ds, "SuccessfulDelete", format!("Deleted pod: {name}")),
             Err(error) => {
                 ctx.expectations.observe_delete(key, &uid);
+                // Gone already, or a new pod of that name: nothing of ours failed.
                 if !matches!(&error, kube::Error::Api(s) if matches!(s.code, 404 | 409)) {
+                    ctx.recorder.warning(ds, "FailedDelete", format!("Error deleting: {}", events::describe(&error)));
                     first_error.get_or_insert(error);
                 }
             }

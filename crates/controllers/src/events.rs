@@ -16,12 +16,16 @@ use serde_json::json;
 const SIMILAR_WINDOW: Duration = Duration::from_secs(600);
 const REMEMBERED: usize = 4096;
 
+/// Recent events by what makes them the same (object, type, reason, message): the name of the
+/// Event written, its count, and when it was last seen.
+type Seen = HashMap<String, (String, i32, Instant)>;
+
 #[derive(Clone)]
 pub struct Recorder {
     client: Client,
     component: &'static str,
     instance: String,
-    seen: Arc<Mutex<HashMap<String, (String, i32, Instant)>>>,
+    seen: Arc<Mutex<Seen>>,
 }
 
 impl Recorder {
@@ -54,7 +58,9 @@ impl Recorder {
     }
 
     async fn write(&self, involved: ObjectReference, type_: String, reason: String, message: String) {
-        let ns = involved.namespace.clone().unwrap_or_else(|| "default".into());
+        // A cluster-scoped object (a Node) has no namespace, or upstream's empty one; client-go
+        // files its events in "default".
+        let ns = involved.namespace.clone().filter(|ns| !ns.is_empty()).unwrap_or_else(|| "default".into());
         let api: Api<Event> = Api::namespaced(self.client.clone(), &ns);
         let now = jiff::Timestamp::now();
         let key = format!("{}/{}/{}/{}", involved.uid.as_deref().unwrap_or(""), type_, reason, message);
@@ -105,6 +111,21 @@ impl Recorder {
             Err(error) => tracing::debug!(%error, "recording an event failed"),
         }
     }
+}
+
+/// An API error as upstream's event messages quote it: the server's message alone (client-go's
+/// StatusError), not kube's debug rendering of the whole Status.
+pub fn describe(error: &kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) if !status.message.is_empty() => status.message.clone(),
+        other => other.to_string(),
+    }
+}
+
+/// Whether a create failed because its namespace is being deleted (upstream records no event
+/// then: the event could not be written there either).
+pub fn namespace_terminating(error: &kube::Error) -> bool {
+    matches!(error, kube::Error::Api(status) if status.details.as_ref().is_some_and(|d| d.causes.iter().any(|c| c.reason == "NamespaceTerminating")))
 }
 
 /// A reference to `object` as `apiVersion`/`kind` (for objects handled under another type).

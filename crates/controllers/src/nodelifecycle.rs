@@ -5,19 +5,25 @@
 //! `tolerationSeconds`, 300 s by default through admission), and are marked not Ready so
 //! Services stop sending them traffic. When the node comes back, the taints go. Memory, disk and
 //! PID pressure reported by the node's agent become NoSchedule taints of their own.
+//!
+//! Events follow kube-controller-manager: the node lifecycle controller ("node-controller")
+//! says RegisteredNode/RemovingNode and NodeNotReady on nodes and NodeNotReady on their pods;
+//! evictions are told by the taint eviction controller ("taint-eviction-controller"), which
+//! upstream runs apart since 1.29.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::Duration;
 
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Node, NodeCondition, Pod, Taint, Toleration};
+use k8s_openapi::api::core::v1::{Node, NodeCondition, ObjectReference, Pod, Taint, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::cache::Cache;
+use crate::events::Recorder;
 
 pub const UNREACHABLE: &str = "node.kubernetes.io/unreachable";
 pub const NOT_READY: &str = "node.kubernetes.io/not-ready";
@@ -38,17 +44,45 @@ pub async fn run(client: Client, grace_period: Duration) {
     // A node first seen now gets a full grace period, even if its last heartbeat is old (the
     // controller may have been down, not the node).
     let started = jiff::Timestamp::now();
+    let recorder = Recorder::new(client.clone(), "node-controller");
+    let evictions = Recorder::new(client.clone(), "taint-eviction-controller");
+    let mut known: HashSet<String> = HashSet::new();
     let mut ticker = tokio::time::interval(MONITOR_PERIOD);
     loop {
         ticker.tick().await;
         let now = jiff::Timestamp::now();
-        for node in nodes.all() {
-            if let Err(error) = check_node(&client, &node, &leases, grace_period, started, now).await {
+        let all = nodes.all();
+        track_registrations(&recorder, &mut known, &all);
+        for node in all {
+            if let Err(error) = check_node(&client, &recorder, &node, &leases, grace_period, started, now).await {
                 tracing::debug!(%error, node = %node.name_any(), "node health update failed");
             }
         }
-        evict(&client, &nodes, &pods, now).await;
+        evict(&client, &recorder, &evictions, &nodes, &pods, now).await;
     }
+}
+
+/// A reference to a node as upstream's node events carry it: no namespace (the recorder files
+/// the event in "default") and no resourceVersion.
+fn node_ref(name: &str, uid: Option<String>) -> ObjectReference {
+    ObjectReference { api_version: Some("v1".into()), kind: Some("Node".into()), name: Some(name.into()), uid, ..Default::default() }
+}
+
+/// Upstream's RegisteredNode/RemovingNode. As there, a controller that starts (or a new leader)
+/// registers every node it finds.
+fn track_registrations(recorder: &Recorder, known: &mut HashSet<String>, nodes: &[Arc<Node>]) {
+    let present: HashSet<String> = nodes.iter().map(|n| n.name_any()).collect();
+    for node in nodes {
+        let name = node.name_any();
+        if !known.contains(&name) {
+            recorder.record_for(node_ref(&name, node.uid()), "Normal", "RegisteredNode", format!("Node {name} event: Registered Node {name} in Controller"));
+        }
+    }
+    for name in known.difference(&present) {
+        // The node is gone; its uid with it.
+        recorder.record_for(node_ref(name, None), "Normal", "RemovingNode", format!("Node {name} event: Removing Node {name} from Controller"));
+    }
+    *known = present;
 }
 
 fn last_heartbeat(node: &Node, leases: &Cache<Lease>) -> Option<jiff::Timestamp> {
@@ -61,7 +95,7 @@ fn ready_status(node: &Node) -> &str {
     node.status.as_ref().and_then(|s| s.conditions.as_ref()).and_then(|c| c.iter().find(|c| c.type_ == "Ready")).map(|c| c.status.as_str()).unwrap_or("Unknown")
 }
 
-async fn check_node(client: &Client, node: &Node, leases: &Cache<Lease>, grace: Duration, started: jiff::Timestamp, now: jiff::Timestamp) -> Result<(), kube::Error> {
+async fn check_node(client: &Client, recorder: &Recorder, node: &Node, leases: &Cache<Lease>, grace: Duration, started: jiff::Timestamp, now: jiff::Timestamp) -> Result<(), kube::Error> {
     let api: Api<Node> = Api::all(client.clone());
     let heartbeat = last_heartbeat(node, leases).unwrap_or(jiff::Timestamp::UNIX_EPOCH).max(started);
     let silent = now.duration_since(heartbeat).as_secs_f64() > grace.as_secs_f64();
@@ -86,6 +120,12 @@ async fn check_node(client: &Client, node: &Node, leases: &Cache<Lease>, grace: 
             .collect();
         api.patch_status(&node.name_any(), &PatchParams::default(), &Patch::Strategic(json!({"status": {"conditions": conditions}}))).await?;
         tracing::info!(node = %node.name_any(), "node stopped posting status; marked Unknown");
+        // Only the change this controller makes is its to tell; a NotReady the node reports
+        // itself is the kubelet's event upstream.
+        if ready == "True" {
+            let name = node.name_any();
+            recorder.record_for(node_ref(&name, node.uid()), "Normal", "NodeNotReady", format!("Node {name} status is now: NodeNotReady"));
+        }
     }
     let effective = if silent { "Unknown" } else { ready };
     let mut wanted: Vec<(&str, &str)> = match effective {
@@ -148,7 +188,7 @@ pub fn eviction_time(pod: &Pod, taints: &[Taint], now: jiff::Timestamp) -> Optio
     due
 }
 
-async fn evict(client: &Client, nodes: &Cache<Node>, pods: &Cache<Pod>, now: jiff::Timestamp) {
+async fn evict(client: &Client, recorder: &Recorder, evictions: &Recorder, nodes: &Cache<Node>, pods: &Cache<Pod>, now: jiff::Timestamp) {
     let tainted: HashMap<String, (Vec<Taint>, bool)> = nodes
         .all()
         .iter()
@@ -169,12 +209,16 @@ async fn evict(client: &Client, nodes: &Cache<Node>, pods: &Cache<Pod>, now: jif
         }
         let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
         if *unhealthy {
-            mark_not_ready(&api, &pod, now).await;
+            mark_not_ready(&api, recorder, &pod, now).await;
         }
         if eviction_time(&pod, taints, now).is_some_and(|at| at <= now) {
             let params = DeleteParams { preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }), ..Default::default() };
             match api.delete(&pod.name_any(), &params).await {
-                Ok(_) => tracing::info!(pod = %pod.name_any(), node, "evicted pod from tainted node"),
+                Ok(_) => {
+                    tracing::info!(pod = %pod.name_any(), node, "evicted pod from tainted node");
+                    let message = format!("Marking for deletion Pod {}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+                    evictions.normal(pod.as_ref(), "TaintManagerEviction", message);
+                }
                 Err(error) => tracing::debug!(%error, pod = %pod.name_any(), "eviction failed"),
             }
         }
@@ -182,7 +226,7 @@ async fn evict(client: &Client, nodes: &Cache<Node>, pods: &Cache<Pod>, now: jif
 }
 
 /// Upstream's MarkPodsNotReady: a pod on a node that stopped reporting is not Ready.
-async fn mark_not_ready(api: &Api<Pod>, pod: &Arc<Pod>, now: jiff::Timestamp) {
+async fn mark_not_ready(api: &Api<Pod>, recorder: &Recorder, pod: &Arc<Pod>, now: jiff::Timestamp) {
     let conditions = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
     if !conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
         return;
@@ -199,8 +243,9 @@ async fn mark_not_ready(api: &Api<Pod>, pod: &Arc<Pod>, now: jiff::Timestamp) {
         })
         .collect();
     let patch = json!({"metadata": {"resourceVersion": pod.resource_version()}, "status": {"conditions": conditions}});
-    if let Err(error) = api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
-        tracing::debug!(%error, pod = %pod.name_any(), "marking pod not ready failed");
+    match api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+        Ok(_) => recorder.warning(pod.as_ref(), "NodeNotReady", "Node is not ready".into()),
+        Err(error) => tracing::debug!(%error, pod = %pod.name_any(), "marking pod not ready failed"),
     }
 }
 

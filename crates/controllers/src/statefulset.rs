@@ -21,6 +21,7 @@ use kube::{Client, ResourceExt};
 use serde_json::json;
 
 use crate::cache::Cache;
+use crate::events::{self, Recorder};
 use crate::history::{self, EXPECTATION_TIMEOUT, Expectations, POD_REVISION_LABEL};
 use crate::labels;
 use crate::replicaset::{is_available, ready_since};
@@ -35,6 +36,7 @@ type Key = (String, String);
 
 struct Ctx {
     client: Client,
+    recorder: Recorder,
     sets: Cache<StatefulSet>,
     pods: Cache<Pod>,
     revisions: Cache<ControllerRevision>,
@@ -92,7 +94,8 @@ pub async fn run(client: Client) {
     pods.synced().await;
     revisions.synced().await;
     claims.synced().await;
-    let ctx = Arc::new(Ctx { client, sets, pods, revisions, claims, expectations, queue: queue.clone() });
+    let recorder = Recorder::new(client.clone(), "statefulset-controller");
+    let ctx = Arc::new(Ctx { client, recorder, sets, pods, revisions, claims, expectations, queue: queue.clone() });
     run_workers(queue, rx, 4, move |key| {
         let ctx = ctx.clone();
         async move {
@@ -434,6 +437,40 @@ enum SyncError {
     ClaimTerminating(String),
 }
 
+impl SyncError {
+    /// The error as an event message quotes it.
+    fn describe(&self) -> String {
+        match self {
+            SyncError::Kube(error) => events::describe(error),
+            other => other.to_string(),
+        }
+    }
+}
+
+/// Upstream's recordPodEvent: what was done to one of the set's pods, said on the set. `verb` is
+/// lower case ("create", "delete", "update"); the reason is `Successful<Verb>`/`Failed<Verb>`.
+fn record_pod(work: &Work<'_>, verb: &str, pod: &str, error: Option<String>) {
+    let set = work.set.name_any();
+    match error {
+        None => work.ctx.recorder.normal(work.set, &format!("Successful{}", title(verb)), format!("{verb} Pod {pod} in StatefulSet {set} successful")),
+        Some(error) => work.ctx.recorder.warning(work.set, &format!("Failed{}", title(verb)), format!("{verb} Pod {pod} in StatefulSet {set} failed error: {error}")),
+    }
+}
+
+/// Upstream's recordClaimEvent, its wording kept ("success", and "for" only on failure).
+fn record_claim(work: &Work<'_>, verb: &str, claim: &str, pod: &str, error: Option<String>) {
+    let set = work.set.name_any();
+    match error {
+        None => work.ctx.recorder.normal(work.set, &format!("Successful{}", title(verb)), format!("{verb} Claim {claim} Pod {pod} in StatefulSet {set} success")),
+        Some(error) => work.ctx.recorder.warning(work.set, &format!("Failed{}", title(verb)), format!("{verb} Claim {claim} for Pod {pod} in StatefulSet {set} failed error: {error}")),
+    }
+}
+
+fn title(verb: &str) -> String {
+    let mut chars = verb.chars();
+    chars.next().map(|first| first.to_uppercase().chain(chars).collect()).unwrap_or_default()
+}
+
 /// One sync's view of the set, shared by its steps.
 struct Work<'a> {
     ctx: &'a Ctx,
@@ -634,14 +671,27 @@ async fn create_pod(work: &Work<'_>, ordinal: i32) -> Result<(), SyncError> {
         work.ctx.queue.add_after(work.key.clone(), Duration::from_secs(1));
         return Ok(());
     }
-    create_claims(work, ordinal).await?;
+    if let Err(error) = create_claims(work, ordinal).await {
+        record_pod(work, "create", &name, Some(error.describe()));
+        return Err(error);
+    }
     let (template, revision) = if uses_current_revision(work.spec, work.current_replicas, ordinal) {
         (&work.current_template, &work.current_name)
     } else {
         (&work.update_template, &work.update_name)
     };
     let pod = new_pod(work.set, work.spec, template, ordinal, revision);
-    let created = work.pods.create(&PostParams::default(), &pod).await?;
+    let created = match work.pods.create(&PostParams::default(), &pod).await {
+        Ok(created) => created,
+        Err(error) => {
+            // AlreadyExists only means our cache is behind: no failure to tell (as upstream).
+            if !matches!(&error, kube::Error::Api(s) if s.code == 409) {
+                record_pod(work, "create", &name, Some(events::describe(&error)));
+            }
+            return Err(error.into());
+        }
+    };
+    record_pod(work, "create", &name, None);
     work.ctx.expectations.expect_create(work.key, &created.uid().unwrap_or_default());
     fix_claim_owners(work, &created, ordinal).await
 }
@@ -661,6 +711,7 @@ async fn create_claims(work: &Work<'_>, ordinal: i32) -> Result<(), SyncError> {
     let scaled_down = ordinal < work.start || ordinal >= work.start + replica_count(work.spec);
     // The set's reference goes on at creation; the pod's needs the pod's uid and comes after.
     let (want_set, _) = wanted_claim_owners(when_deleted, when_scaled, scaled_down);
+    let pod = pod_name(&work.set.name_any(), ordinal);
     for (_, mut claim) in claims_for(work.set, work.spec, ordinal) {
         if want_set {
             claim.metadata.owner_references = Some(vec![history::controller_ref(work.set)]);
@@ -669,10 +720,13 @@ async fn create_claims(work: &Work<'_>, ordinal: i32) -> Result<(), SyncError> {
             Some(existing) if existing.metadata.deletion_timestamp.is_some() => return Err(SyncError::ClaimTerminating(claim.name_any())),
             Some(_) => {}
             None => match work.claims.create(&PostParams::default(), &claim).await {
-                Ok(_) => {}
+                Ok(_) => record_claim(work, "create", &claim.name_any(), &pod, None),
                 // Made already; our cache has not caught up.
                 Err(kube::Error::Api(status)) if status.code == 409 => {}
-                Err(e) => return Err(e.into()),
+                Err(e) => {
+                    record_claim(work, "create", &claim.name_any(), &pod, Some(events::describe(&e)));
+                    return Err(e.into());
+                }
             },
         }
     }
@@ -728,7 +782,9 @@ async fn check_pod(work: &Work<'_>, pod: &Pod, ordinal: i32) -> Result<(), SyncE
     let name = pod.name_any();
     if pod.labels().get(POD_NAME_LABEL) != Some(&name) {
         let patch = json!({"metadata": {"labels": {POD_NAME_LABEL: name, POD_INDEX_LABEL: ordinal.to_string()}}});
-        work.pods.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?;
+        let result = work.pods.patch(&name, &PatchParams::default(), &Patch::Merge(patch)).await;
+        record_pod(work, "update", &name, result.as_ref().err().map(events::describe));
+        result?;
     }
     // A pod's volumes cannot change; all that can be done for a missing claim is to make it.
     if !storage_matches(work.set, work.spec, pod, ordinal) {
@@ -740,13 +796,19 @@ async fn check_pod(work: &Work<'_>, pod: &Pod, ordinal: i32) -> Result<(), SyncE
 async fn delete_pod(work: &Work<'_>, pod: &Pod) -> Result<(), SyncError> {
     let params = DeleteParams { preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }), ..Default::default() };
     work.ctx.expectations.expect_delete(work.key, &pod.uid().unwrap_or_default());
-    match work.pods.delete(&pod.name_any(), &params).await {
-        Ok(_) => Ok(()),
+    let name = pod.name_any();
+    match work.pods.delete(&name, &params).await {
+        Ok(_) => {
+            record_pod(work, "delete", &name, None);
+            Ok(())
+        }
+        // Gone already, or replaced by a pod of the same name: nothing of ours failed.
         Err(kube::Error::Api(status)) if matches!(status.code, 404 | 409) => {
             work.ctx.expectations.observe_delete(work.key, &pod.uid().unwrap_or_default());
             Ok(())
         }
         Err(e) => {
+            record_pod(work, "delete", &name, Some(events::describe(&e)));
             work.ctx.expectations.observe_delete(work.key, &pod.uid().unwrap_or_default());
             Err(e.into())
         }
