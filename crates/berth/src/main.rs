@@ -11,8 +11,9 @@ mod images;
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// mimalloc's `mi_option_purge_delay` (a stable index in its option enum; the -sys crate has no
-/// constant for it). Purging freed pages at once instead of after 10 ms keeps the RSS of a
-/// server with 10,000 pods about 10 MiB lower at no measurable throughput cost.
+/// constant for it). Purging freed pages at once instead of after 10 ms saves the node agent
+/// a few MiB of RSS; the API server keeps the default, because immediate purging cost it ~4%
+/// of its CPU in madvise calls and TLB shootdowns under load (`berth bench scheduler` profile).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 use std::net::SocketAddr;
@@ -263,19 +264,24 @@ pub async fn start_server(args: &ServerArgs) -> anyhow::Result<(apiserver::Runni
 /// A Kubernetes client for in-process components: they reach the API over HTTPS like any other
 /// client, with the admin credentials.
 async fn client_for(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
+    Ok(kube::Client::try_from(config_for(kubeconfig).await?)?)
+}
+
+async fn config_for(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Config> {
     let config = kube::config::Kubeconfig::read_from(kubeconfig).context("reading the admin kubeconfig")?;
-    let config = kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default()).await.context("loading the admin kubeconfig")?;
-    Ok(kube::Client::try_from(config)?)
+    kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default()).await.context("loading the admin kubeconfig")
 }
 
 fn main() -> anyhow::Result<()> {
-    // SAFETY: setting an option is thread-safe in mimalloc and takes plain integers.
-    unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::try_from_env("BERTH_LOG").unwrap_or_else(|_| "info".into()))
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    if matches!(cli.command, Command::Agent(_)) {
+        // SAFETY: setting an option is thread-safe in mimalloc and takes plain integers.
+        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     runtime.block_on(async {
         match cli.command {
@@ -286,8 +292,8 @@ fn main() -> anyhow::Result<()> {
             }
             Command::ControllerManager { client, node_monitor_grace_period, cluster_cidr } => {
                 let root_ca_pem = kubeconfig_ca(&client.kubeconfig)?;
-                let client = client_for(&client.kubeconfig).await?;
-                run_controllers_as_leader(client, controllers::Options { node_monitor_grace_period, cluster_cidr, root_ca_pem }).await
+                let config = config_for(&client.kubeconfig).await?;
+                run_controllers_as_leader(config, controllers::Options { node_monitor_grace_period, cluster_cidr, root_ca_pem }).await
             }
             Command::Agent(args) => {
                 let kubeconfig = match (&args.server, &args.token, &args.kubeconfig) {
@@ -318,28 +324,41 @@ fn main() -> anyhow::Result<()> {
 }
 
 /// Runs the controllers while holding the `kube-controller-manager` Lease in kube-system, so
-/// several controller managers can run side by side with one active. Losing the lease ends the
-/// process, as upstream's does: the controllers' informers and workers must not act on.
-async fn run_controllers_as_leader(client: kube::Client, options: controllers::Options) -> anyhow::Result<()> {
-    let config = scheduler::leader::LeaseConfig::new("kube-system", "kube-controller-manager", scheduler::leader::Elector::default_identity());
-    let elector = scheduler::leader::Elector::new(client.clone(), config).context("leader election")?;
-    let mut leadership = elector.acquire().await;
-    tracing::info!(identity = elector.identity(), "controller manager is the leader");
-    tokio::select! {
-        _ = controllers::run_all(client, options) => Ok(()),
-        _ = leadership.lost() => anyhow::bail!("lost the kube-controller-manager lease"),
+/// several controller managers (or servers) can run side by side with one active. Losing the
+/// lease stops every controller task; the process then competes again and, if it wins, starts
+/// them afresh (upstream's process exits instead and is restarted by its supervisor).
+async fn run_controllers_as_leader(config: kube::Config, options: controllers::Options) -> anyhow::Result<()> {
+    let lease = scheduler::leader::LeaseConfig::new("kube-system", "kube-controller-manager", scheduler::leader::Elector::default_identity());
+    let elector = scheduler::leader::Elector::new(kube::Client::try_from(config.clone())?, lease).context("leader election")?;
+    loop {
+        let mut leadership = elector.acquire().await;
+        tracing::info!(identity = elector.identity(), "controller manager is the leader");
+        let mut running = controllers::Running::start(config.clone(), options.clone()).context("starting the controllers")?;
+        tokio::select! {
+            _ = leadership.lost() => {
+                tracing::warn!("lost the kube-controller-manager lease; the controllers stop until it is regained");
+                running.stop();
+            }
+            _ = running.exited() => {
+                leadership.release().await;
+                anyhow::bail!("the controllers stopped");
+            }
+        }
     }
 }
 
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let (running, store) = start_server(&args).await?;
     if !args.disable_controllers {
-        let client = client_for(&running.kubeconfig).await?;
+        let config = config_for(&running.kubeconfig).await?;
         let root_ca_pem = kubeconfig_ca(&running.kubeconfig)?;
         let options = controllers::Options { node_monitor_grace_period: args.node_monitor_grace_period, cluster_cidr: args.cluster_cidr.clone(), root_ca_pem };
-        // One server, one controller manager: no election in-process (yet: several servers
-        // side by side will need it, as `berth controller-manager` has).
-        tokio::spawn(controllers::run_all(client, options));
+        // Elected like the scheduler, so servers sharing one store (etcd) run one set of controllers.
+        tokio::spawn(async move {
+            if let Err(error) = run_controllers_as_leader(config, options).await {
+                tracing::error!(error = format!("{error:#}"), "the controller manager stopped");
+            }
+        });
     }
     if !args.disable_scheduler {
         let client = client_for(&running.kubeconfig).await?;

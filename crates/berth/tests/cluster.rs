@@ -149,6 +149,45 @@ fn controllers_and_scheduler_run_as_separate_processes_with_leases() {
     }
 }
 
+/// The server's own controllers are elected too: while another identity holds the
+/// kube-controller-manager Lease they do nothing, and they take over when it is free again.
+#[test]
+fn in_process_controllers_stand_by_while_another_holds_the_lease() {
+    let s = Server::start(env!("CARGO_BIN_EXE_berth"));
+    let _nodes = SimNodes::start(&s, "sim-", 1);
+    let holder = |s: &Server| s.get_json(&["-n", "kube-system", "lease", "kube-controller-manager"])["spec"]["holderIdentity"].as_str().unwrap_or("").to_string();
+    let ours = eventually(Duration::from_secs(30), || {
+        let kubectl = s.kubectl(&["-n", "kube-system", "get", "lease", "kube-controller-manager", "-o", "jsonpath={.spec.holderIdentity}"]);
+        let holder = String::from_utf8_lossy(&kubectl.stdout).to_string();
+        (kubectl.status.success() && !holder.is_empty()).then_some(holder)
+    })
+    .expect("the server's controllers take the lease");
+
+    // An intruder takes the lease for an hour; the server's renewal sees it and stops its controllers.
+    let renew = chrono_like_now();
+    s.ok(&["-n", "kube-system", "patch", "lease", "kube-controller-manager", "--type=merge", "-p",
+        &format!(r#"{{"spec":{{"holderIdentity":"intruder","leaseDurationSeconds":3600,"renewTime":"{renew}","acquireTime":"{renew}"}}}}"#)]);
+    // Upstream's timing: renewals keep being tried for the 10 s renew deadline before giving up.
+    wait_for("the server to notice", Duration::from_secs(40), || s.log().contains("lost the kube-controller-manager lease"));
+    assert_eq!(holder(&s), "intruder", "the server must not take a held lease back");
+    s.ok(&["create", "deployment", "standby", "--image=nginx", "--replicas=1"]);
+    std::thread::sleep(Duration::from_secs(4));
+    let sets = s.get_json(&["replicasets", "-l", "app=standby"]);
+    assert_eq!(sets["items"].as_array().map(Vec::len), Some(0), "controllers acted without the lease: {sets}");
+
+    // The intruder lets go: the server leads again with fresh controllers.
+    s.ok(&["-n", "kube-system", "delete", "lease", "kube-controller-manager"]);
+    s.ok(&["rollout", "status", "deployment/standby", "--timeout=90s"]);
+    let again = holder(&s);
+    assert!(!again.is_empty() && again != "intruder", "holder after release: {again:?} (was {ours:?})");
+}
+
+/// RFC 3339 with microseconds, as a Lease's MicroTime fields want, without a date crate.
+fn chrono_like_now() -> String {
+    let out = Command::new("date").args(["-u", "+%Y-%m-%dT%H:%M:%S.%6NZ"]).output().expect("date");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 #[test]
 fn blue_green_and_canary_examples() {
     let s = Server::start(env!("CARGO_BIN_EXE_berth"));

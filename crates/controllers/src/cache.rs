@@ -80,19 +80,45 @@ impl<K: Resource> State<K> {
 /// What changed: `(old, new)`; `new` is `None` for a delete.
 pub type OnChange<K> = Box<dyn Fn(Option<&K>, Option<&K>) + Send + Sync>;
 
-/// The informers of this process, one per type and URL (client-go's shared informer factory):
-/// every controller asking for pods gets the same cache, so a pod is held once, not once per
+/// The informers of one controller manager run, one per type and URL (client-go's shared
+/// informer factory): every controller asking for pods gets the same cache, so a pod is held once, not once per
 /// controller (typed objects are large: a copy per controller cost ~15 KB per pod each).
-type Handlers<K> = Arc<RwLock<Vec<Arc<dyn Fn(Option<&K>, Option<&K>) + Send + Sync>>>>;
+type Handler<K> = Arc<dyn Fn(Option<&K>, Option<&K>) + Send + Sync>;
+type Handlers<K> = Arc<RwLock<Vec<Handler<K>>>>;
 
 struct SharedEntry<K> {
     cache: Cache<K>,
     handlers: Handlers<K>,
 }
 
-fn registry() -> &'static std::sync::Mutex<HashMap<(std::any::TypeId, String), Box<dyn std::any::Any + Send + Sync>>> {
-    static REGISTRY: std::sync::OnceLock<std::sync::Mutex<HashMap<(std::any::TypeId, String), Box<dyn std::any::Any + Send + Sync>>>> = std::sync::OnceLock::new();
+type RegistryKey = (u64, std::any::TypeId, String);
+type Registry = std::sync::Mutex<HashMap<RegistryKey, Box<dyn std::any::Any + Send + Sync>>>;
+
+fn registry() -> &'static Registry {
+    static REGISTRY: std::sync::OnceLock<Registry> = std::sync::OnceLock::new();
     REGISTRY.get_or_init(Default::default)
+}
+
+tokio::task_local! {
+    /// Which set of shared informers `Cache::spawn` joins: one per [`with_shared_informers`] call.
+    static SCOPE: u64;
+}
+
+/// Runs `work` with its own set of shared informers: every `Cache::spawn` made directly inside it
+/// (not in tasks it spawns) shares one cache per resource, and when `work` ends or is dropped the
+/// set is forgotten, so a later run (a new leader term) starts from fresh watches instead of
+/// caches whose tasks died with the previous run. Outside any such scope nothing is shared.
+pub async fn with_shared_informers<F: std::future::Future>(work: F) -> F::Output {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    struct Forget(u64);
+    impl Drop for Forget {
+        fn drop(&mut self) {
+            registry().lock().unwrap_or_else(|e| e.into_inner()).retain(|key, _| key.0 != self.0);
+        }
+    }
+    let scope = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let _forget = Forget(scope);
+    SCOPE.scope(scope, work).await
 }
 
 impl<K> Cache<K>
@@ -103,8 +129,11 @@ where
     /// The process's informer for `api` (started on first use); `on_change` runs after the cache
     /// holds each change, and first for every object already held.
     pub fn spawn(api: Api<K>, on_change: OnChange<K>) -> Self {
-        let key = (std::any::TypeId::of::<K>(), api.resource_url().to_string());
-        let handler: Arc<dyn Fn(Option<&K>, Option<&K>) + Send + Sync> = Arc::from(on_change);
+        let Ok(scope) = SCOPE.try_with(|scope| *scope) else {
+            return Self::spawn_one(api, on_change);
+        };
+        let key = (scope, std::any::TypeId::of::<K>(), api.resource_url().to_string());
+        let handler: Handler<K> = Arc::from(on_change);
         let mut shared = registry().lock().unwrap_or_else(|e| e.into_inner());
         if let Some(entry) = shared.get(&key).and_then(|entry| entry.downcast_ref::<SharedEntry<K>>()) {
             entry.handlers.write().unwrap_or_else(|e| e.into_inner()).push(handler.clone());
@@ -148,7 +177,7 @@ where
                 };
                 match event {
                     watcher::Event::Init => fresh.clear(),
-                    watcher::Event::InitApply(obj) => fresh.push(Arc::new(obj)),
+                    watcher::Event::InitApply(obj) => fresh.push(Arc::new(slim(obj))),
                     watcher::Event::InitDone => {
                         let mut changes = Vec::new();
                         {
@@ -171,7 +200,7 @@ where
                         }
                     }
                     watcher::Event::Apply(obj) => {
-                        let obj = Arc::new(obj);
+                        let obj = Arc::new(slim(obj));
                         let old = state.write().unwrap_or_else(|e| e.into_inner()).insert(obj.clone());
                         on_change(old.as_deref(), Some(obj.as_ref()));
                     }
@@ -184,6 +213,14 @@ where
         });
         cache
     }
+}
+
+/// Drops what no controller reads before an object is cached, as upstream's informers' transform
+/// does: managedFields are often the largest part of an object (writes that omit them keep the
+/// stored ones, so a cached object can still be sent back).
+fn slim<K: Resource>(mut obj: K) -> K {
+    obj.meta_mut().managed_fields = None;
+    obj
 }
 
 impl<K: Resource> Cache<K> {

@@ -1,7 +1,7 @@
 //! The disruption controller: PodDisruptionBudget status — how many selected pods are healthy,
 //! how many must be, and so how many voluntary disruptions (evictions) are allowed now.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
@@ -120,7 +120,7 @@ async fn sync(client: &Client, pdb: &PodDisruptionBudget) -> Result<(), kube::Er
         "desiredHealthy": desired,
         "expectedPods": expected,
         "disruptionsAllowed": allowed,
-        "disruptedPods": old.disrupted_pods.unwrap_or_else(BTreeMap::new),
+        "disruptedPods": old.disrupted_pods.unwrap_or_default(),
         "conditions": [{"type": "DisruptionAllowed", "status": status, "reason": reason, "message": message, "lastTransitionTime": transition, "observedGeneration": pdb.metadata.generation}],
     }});
     Api::<PodDisruptionBudget>::namespaced(client.clone(), &ns).patch_status(&pdb.name_any(), &PatchParams::default(), &Patch::Merge(status)).await?;

@@ -52,8 +52,57 @@ impl Default for Options {
     }
 }
 
+/// Controllers running on a runtime of their own, so that stopping them (the leader lease lost)
+/// stops every informer and worker they spawned, and a new leader term starts from fresh caches.
+pub struct Running {
+    runtime: Option<tokio::runtime::Runtime>,
+    exited: tokio::sync::oneshot::Receiver<()>,
+}
+
+impl Running {
+    /// Starts every controller with a client built from `config` inside the new runtime (a
+    /// client's connections live on the runtime that made them, and must die with it).
+    pub fn start(config: kube::Config, options: Options) -> std::io::Result<Self> {
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("controllers").enable_all().build()?;
+        let (exited_tx, exited) = tokio::sync::oneshot::channel();
+        runtime.spawn(async move {
+            match kube::Client::try_from(config) {
+                Ok(client) => run_all(client, options).await,
+                Err(error) => tracing::error!(%error, "building the controllers' client"),
+            }
+            let _ = exited_tx.send(());
+        });
+        Ok(Self { runtime: Some(runtime), exited })
+    }
+
+    /// Resolves if the controllers end on their own (they run until stopped otherwise).
+    pub async fn exited(&mut self) {
+        let _ = (&mut self.exited).await;
+    }
+
+    /// Stops every controller task without waiting for them (they hold nothing that needs a
+    /// graceful end: all state is in the API).
+    pub fn stop(mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if let Some(runtime) = self.runtime.take() {
+            runtime.shutdown_background();
+        }
+    }
+}
+
 /// Runs every controller until the process ends.
 pub async fn run_all(client: kube::Client, options: Options) {
+    cache::with_shared_informers(run_every_controller(client, options)).await
+}
+
+async fn run_every_controller(client: kube::Client, options: Options) {
     let graph = graph::Graph::start(client.clone(), Duration::from_secs(15));
     tokio::join!(
         garbage_collector::run(client.clone(), graph.clone()),
