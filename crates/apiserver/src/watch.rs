@@ -16,7 +16,7 @@ use serde_json::{Value, json};
 use store::{EventKind, Revision};
 use tokio::sync::mpsc;
 
-use crate::cacher::CachedEvent;
+use crate::cacher::{CachedEvent, WatchType};
 use crate::conversion::Conversion;
 use crate::http::{Body, Format, Query, Server};
 use crate::list::Filter;
@@ -186,6 +186,9 @@ fn translate(event: &CachedEvent, filter: &Filter, encoder: &mut Encoder) -> Opt
         Some(if def.conversion == Conversion::None { Cow::Borrowed(obj) } else { Cow::Owned(def.from_storage(obj.clone())) })
     }
     let served = |obj| served(&def, obj);
+    // Stored bytes serve as they are when only the event type depends on this watcher.
+    let as_stored = encoder.format == Format::Json && def.conversion == Conversion::None;
+    let mut emit = |kind: WatchType, obj: &Value| if as_stored { event.json_line(kind) } else { encoder.event(kind.as_str(), obj) };
     match event.event.kind {
         EventKind::Put => {
             let obj = served(event.object())?;
@@ -193,15 +196,15 @@ fn translate(event: &CachedEvent, filter: &Filter, encoder: &mut Encoder) -> Opt
             let had_prev = event.event.prev.is_some();
             let before = had_prev && served(event.prev()).is_some_and(|p| filter.matches(&p));
             match (before, now, had_prev) {
-                (_, true, false) | (false, true, true) => Some(encoder.event("ADDED", &obj)),
-                (true, true, true) => Some(encoder.event("MODIFIED", &obj)),
-                (true, false, _) => Some(encoder.event("DELETED", &obj)),
+                (_, true, false) | (false, true, true) => Some(emit(WatchType::Added, &obj)),
+                (true, true, true) => Some(emit(WatchType::Modified, &obj)),
+                (true, false, _) => Some(emit(WatchType::Deleted, &obj)),
                 (false, false, _) => None,
             }
         }
         EventKind::Delete => {
             let obj = served(event.object())?;
-            filter.matches(&obj).then(|| encoder.event("DELETED", &obj))
+            filter.matches(&obj).then(|| emit(WatchType::Deleted, &obj))
         }
     }
 }
