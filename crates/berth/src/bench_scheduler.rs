@@ -130,8 +130,35 @@ pub async fn run(args: SchedulerBench) -> anyhow::Result<()> {
     if let Some(kib) = rss_kib(std::process::id()) {
         println!("bench process RSS (simulated nodes and watch): {:.1} MiB", kib as f64 / 1024.0);
     }
+    print_request_mix(&client, args.pods).await;
     sim_task.abort();
     watch_task.abort();
     drop(child);
     Ok(())
+}
+
+/// Where the API server's work came from: requests per pod, by verb and resource (from its
+/// `apiserver_request_total`), so a change in the mix shows next to the throughput it explains.
+async fn print_request_mix(client: &kube::Client, pods: usize) {
+    let request = match http::Request::get("/metrics").body(Vec::new()) {
+        Ok(request) => request,
+        Err(_) => return,
+    };
+    let Ok(text) = client.request_text(request).await else {
+        println!("(the server's /metrics could not be read)");
+        return;
+    };
+    let mut totals: HashMap<(String, String), f64> = HashMap::new();
+    for line in text.lines().filter(|l| l.starts_with("apiserver_request_total{")) {
+        let label = |name: &str| line.split(&format!("{name}=\"")).nth(1).and_then(|rest| rest.split('"').next()).unwrap_or("").to_string();
+        let Some(count) = line.rsplit(' ').next().and_then(|n| n.parse::<f64>().ok()) else { continue };
+        *totals.entry((label("verb"), label("resource"))).or_default() += count;
+    }
+    let mut rows: Vec<_> = totals.into_iter().filter(|(_, n)| *n >= pods as f64 / 100.0).collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1));
+    let all: f64 = rows.iter().map(|(_, n)| n).sum();
+    println!("API requests per pod: {:.2} in all", all / pods.max(1) as f64);
+    for ((verb, resource), n) in rows {
+        println!("  {verb:>7} {resource:<28} {:.2}", n / pods.max(1) as f64);
+    }
 }
