@@ -113,6 +113,23 @@ pub struct Api {
     pub watch_cache: crate::cacher::WatchCache,
 }
 
+/// Equal apart from `metadata.resourceVersion` and `metadata.managedFields`: a write that changes
+/// nothing else is a no-op (compared in place; copying both objects cost more than the check).
+fn same_but_bookkeeping(a: &Value, b: &Value) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return a == b };
+    let bookkeeping = |k: &str| k == "resourceVersion" || k == "managedFields";
+    let same_meta = match (a.get("metadata").and_then(Value::as_object), b.get("metadata").and_then(Value::as_object)) {
+        (Some(ma), Some(mb)) => {
+            ma.iter().filter(|(k, _)| !bookkeeping(k)).all(|(k, v)| mb.get(k) == Some(v))
+                && mb.keys().filter(|k| !bookkeeping(k)).all(|k| ma.contains_key(k))
+        }
+        (ma, mb) => ma == mb,
+    };
+    same_meta
+        && a.iter().filter(|(k, _)| *k != "metadata").all(|(k, v)| b.get(k) == Some(v))
+        && b.keys().filter(|k| *k != "metadata").all(|k| a.contains_key(k))
+}
+
 fn parse_rv(s: &str) -> ApiResult<Revision> {
     s.parse::<Revision>().map_err(|_| ApiError::bad_request(format!("invalid resource version: {s:?}")))
 }
@@ -142,8 +159,8 @@ impl Api {
         let doc = self.openapi.schema_document();
         let definition = crate::patching::def_definition_name(def);
         match patch::OpenApiSchema::new(&doc, &definition) {
-            Some(schema) => patch::apply::record_update(old, &new, &schema, &options),
-            None => patch::apply::record_update(old, &new, &patch::NoSchema, &options),
+            Some(schema) => patch::apply::record_update_owned(old, new, &schema, &options),
+            None => patch::apply::record_update_owned(old, new, &patch::NoSchema, &options),
         }
     }
 
@@ -323,11 +340,16 @@ impl Api {
         namespace: Option<&str>,
         name: &str,
         current: &KeyValue,
+        old: Option<Value>,
         new: Value,
         part: Part,
         opts: &WriteOptions,
     ) -> ApiResult<Written> {
-        let old: Value = objects::decode(current).map_err(ApiError::internal)?;
+        // Callers that already decoded `current` (patches) hand it over rather than pay twice.
+        let old: Value = match old {
+            Some(old) => old,
+            None => objects::decode(current).map_err(ApiError::internal)?,
+        };
         let mut new = new;
         self.check_identity(def, namespace, &mut new)?;
         if objects::name(&new) != name {
@@ -426,15 +448,7 @@ impl Api {
             crate::crd::validate_crd(def, &new)?;
         }
         let mut new = self.record_manager(def, Some(&old), new, part, opts);
-        let unchanged = {
-            let mut a = new.clone();
-            let mut b = old.clone();
-            for v in [&mut a, &mut b] {
-                metadata_mut(v).remove("resourceVersion");
-                metadata_mut(v).remove("managedFields");
-            }
-            a == b
-        };
+        let unchanged = same_but_bookkeeping(&new, &old);
         if opts.dry_run {
             return Ok(Written { object: new, warnings, created: false });
         }
@@ -477,7 +491,7 @@ impl Api {
                 }
                 Err(e) => return Err(e),
             };
-            match self.write_update(def, namespace, name, &current, new.clone(), part, opts).await {
+            match self.write_update(def, namespace, name, &current, None, new.clone(), part, opts).await {
                 Err(e) if e.code == 409 && e.reason == "Conflict" && !rv_given && attempts < MAX_CAS_RETRIES => attempts += 1,
                 other => return other,
             }
@@ -508,7 +522,7 @@ impl Api {
             let old = objects::decode(&current).map_err(ApiError::internal)?;
             let patched = patch_fn(Some(&old))?;
             let rv_given = objects::meta_str(&patched, "resourceVersion").is_some_and(|rv| Some(rv) != objects::meta_str(&old, "resourceVersion"));
-            match self.write_update(def, namespace, name, &current, patched, part, opts).await {
+            match self.write_update(def, namespace, name, &current, Some(old), patched, part, opts).await {
                 Err(e) if e.code == 409 && e.reason == "Conflict" && !rv_given && attempts < MAX_CAS_RETRIES => attempts += 1,
                 other => return other,
             }

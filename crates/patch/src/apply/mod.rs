@@ -237,28 +237,40 @@ pub fn record_update<S: PatchSchema>(
     schema: &S,
     opts: &UpdateOptions<'_>,
 ) -> Value {
+    record_update_owned(old, new.clone(), schema, opts)
+}
+
+/// [`record_update`] taking the new object by value: the API server's writes own it, and
+/// copying a whole object per write was a fifth of a status patch's cost.
+pub fn record_update_owned<S: PatchSchema>(
+    old: Option<&Value>,
+    new: Value,
+    schema: &S,
+    opts: &UpdateOptions<'_>,
+) -> Value {
     let old_managed = || {
         old.and_then(|o| managed::decode(o).ok())
             .unwrap_or_default()
     };
     let mut managed = if !opts.subresource.is_empty() {
         old_managed()
-    } else if managed::is_reset(new) {
+    } else if managed::is_reset(&new) {
         ManagedFields::default()
     } else {
-        match managed::decode(new) {
+        match managed::decode(&new) {
             Ok(m) if !m.fields.is_empty() => m,
             _ => old_managed(),
         }
     };
 
-    let mut new_obj = new.clone();
+    let mut new_obj = new;
     managed::strip(&mut new_obj);
     if !new_obj.is_object() {
         return new_obj;
     }
-    let mut old_obj = old.cloned().unwrap_or_else(|| Value::Object(Map::new()));
-    managed::strip(&mut old_obj);
+    // The comparison skips metadata.managedFields, so the old object is read as it is.
+    let no_old = Value::Object(Map::new());
+    let old_obj = old.unwrap_or(&no_old);
 
     if managed.fields.is_empty() {
         let creating = old.is_none_or(|o| {
@@ -285,7 +297,7 @@ pub fn record_update<S: PatchSchema>(
         opts.api_version,
         opts.subresource,
     );
-    updater.update(&old_obj, &new_obj, &mut managed, &id);
+    updater.update(old_obj, &new_obj, &mut managed, &id);
     managed::encode_into(&mut new_obj, &managed);
     new_obj
 }

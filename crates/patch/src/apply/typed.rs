@@ -479,14 +479,20 @@ fn walk_compare<S: PatchSchema>(
             }
             let empty = Map::new();
             let (lm, rm) = (lm.unwrap_or(&empty), rm.unwrap_or(&empty));
+            // Ownership records are never owned themselves: skipping them spares callers
+            // copying objects just to strip them.
+            let in_metadata = matches!(path.as_slice(), [PathElement::Field(f)] if f == "metadata");
             for (k, lv) in lm {
+                if in_metadata && k == "managedFields" {
+                    continue;
+                }
                 let child = schema.and_then(|s| s.child(k));
                 path.push(PathElement::Field(k.clone()));
                 walk_compare(Some(lv), rm.get(k), child.as_ref(), path, c);
                 path.pop();
             }
             for (k, rv) in rm {
-                if !lm.contains_key(k) {
+                if !lm.contains_key(k) && !(in_metadata && k == "managedFields") {
                     let child = schema.and_then(|s| s.child(k));
                     path.push(PathElement::Field(k.clone()));
                     walk_compare(None, Some(rv), child.as_ref(), path, c);
