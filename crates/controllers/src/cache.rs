@@ -6,6 +6,7 @@ use std::fmt::Debug;
 use std::sync::{Arc, RwLock};
 
 use futures_util::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
 use kube::api::Api;
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
@@ -26,14 +27,17 @@ impl<K> Clone for Cache<K> {
 }
 
 struct State<K> {
-    objects: HashMap<Key, Arc<K>>,
-    by_namespace: HashMap<String, HashSet<String>>,
+    /// Namespace, then name: lookups borrow the caller's strings instead of building a key.
+    by_namespace: HashMap<String, HashMap<String, Arc<K>>>,
     by_controller: HashMap<String, HashSet<Key>>,
+    /// Names per namespace of objects with no controlling owner (what controllers may adopt),
+    /// so an adoption check does not scan the whole namespace.
+    orphans: HashMap<String, HashSet<String>>,
 }
 
 impl<K> Default for State<K> {
     fn default() -> Self {
-        Self { objects: HashMap::new(), by_namespace: HashMap::new(), by_controller: HashMap::new() }
+        Self { by_namespace: HashMap::new(), by_controller: HashMap::new(), orphans: HashMap::new() }
     }
 }
 
@@ -49,31 +53,47 @@ impl<K: Resource> State<K> {
     fn insert(&mut self, obj: Arc<K>) -> Option<Arc<K>> {
         let key = key_of(obj.as_ref());
         let old = self.remove(&key);
-        self.by_namespace.entry(key.0.clone()).or_default().insert(key.1.clone());
-        if let Some(uid) = controller_uid(obj.as_ref()) {
-            self.by_controller.entry(uid).or_default().insert(key.clone());
+        match controller_uid(obj.as_ref()) {
+            Some(uid) => {
+                self.by_controller.entry(uid).or_default().insert(key.clone());
+            }
+            None => {
+                self.orphans.entry(key.0.clone()).or_default().insert(key.1.clone());
+            }
         }
-        self.objects.insert(key, obj);
+        self.by_namespace.entry(key.0).or_default().insert(key.1, obj);
         old
     }
 
     fn remove(&mut self, key: &Key) -> Option<Arc<K>> {
-        let old = self.objects.remove(key)?;
-        if let Some(names) = self.by_namespace.get_mut(&key.0) {
-            names.remove(&key.1);
-            if names.is_empty() {
-                self.by_namespace.remove(&key.0);
-            }
+        let names = self.by_namespace.get_mut(&key.0)?;
+        let old = names.remove(&key.1)?;
+        if names.is_empty() {
+            self.by_namespace.remove(&key.0);
         }
-        if let Some(uid) = controller_uid(old.as_ref())
-            && let Some(keys) = self.by_controller.get_mut(&uid)
-        {
-            keys.remove(key);
-            if keys.is_empty() {
-                self.by_controller.remove(&uid);
+        match controller_uid(old.as_ref()) {
+            Some(uid) => {
+                if let Some(keys) = self.by_controller.get_mut(&uid) {
+                    keys.remove(key);
+                    if keys.is_empty() {
+                        self.by_controller.remove(&uid);
+                    }
+                }
+            }
+            None => {
+                if let Some(names) = self.orphans.get_mut(&key.0) {
+                    names.remove(&key.1);
+                    if names.is_empty() {
+                        self.orphans.remove(&key.0);
+                    }
+                }
             }
         }
         Some(old)
+    }
+
+    fn get(&self, namespace: &str, name: &str) -> Option<&Arc<K>> {
+        self.by_namespace.get(namespace)?.get(name)
     }
 }
 
@@ -183,7 +203,12 @@ where
                         {
                             let mut st = state.write().unwrap_or_else(|e| e.into_inner());
                             let keep: HashSet<Key> = fresh.iter().map(|o| key_of(o.as_ref())).collect();
-                            let gone: Vec<Key> = st.objects.keys().filter(|k| !keep.contains(*k)).cloned().collect();
+                            let gone: Vec<Key> = st
+                                .by_namespace
+                                .iter()
+                                .flat_map(|(ns, names)| names.keys().map(move |name| (ns.clone(), name.clone())))
+                                .filter(|k| !keep.contains(k))
+                                .collect();
                             for key in gone {
                                 if let Some(old) = st.remove(&key) {
                                     changes.push((Some(old), None));
@@ -218,9 +243,45 @@ where
 /// Drops what no controller reads before an object is cached, as upstream's informers' transform
 /// does: managedFields are often the largest part of an object (writes that omit them keep the
 /// stored ones, so a cached object can still be sent back).
-fn slim<K: Resource>(mut obj: K) -> K {
+fn slim<K: Resource + 'static>(mut obj: K) -> K {
     obj.meta_mut().managed_fields = None;
+    if let Some(pod) = (&mut obj as &mut dyn std::any::Any).downcast_mut::<Pod>() {
+        slim_pod(pod);
+    }
     obj
+}
+
+/// A typed pod costs ~17 KB in memory for ~2.5 KB of JSON (measured with a counting allocator
+/// on a Deployment's pod), most of it in parts no controller reads: the service account's
+/// projected volume and the containers' mounts, commands and probes. Kept: everything in status,
+/// labels and annotations, owners, tolerations, claim volumes, container names, images, ports
+/// and resources. Controllers never write a cached pod back whole (they patch), so nothing
+/// dropped here can be lost.
+pub fn slim_pod(pod: &mut Pod) {
+    if let Some(annotations) = pod.metadata.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    let Some(spec) = pod.spec.as_mut() else { return };
+    if let Some(volumes) = spec.volumes.as_mut() {
+        volumes.retain(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some());
+    }
+    for container in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+        container.env = None;
+        container.env_from = None;
+        container.command = None;
+        container.args = None;
+        container.volume_mounts = None;
+        container.volume_devices = None;
+        container.liveness_probe = None;
+        container.readiness_probe = None;
+        container.startup_probe = None;
+        container.lifecycle = None;
+        container.security_context = None;
+        container.termination_message_path = None;
+        container.termination_message_policy = None;
+        container.working_dir = None;
+    }
+    spec.ephemeral_containers = None;
 }
 
 impl<K: Resource> Cache<K> {
@@ -235,23 +296,28 @@ impl<K: Resource> Cache<K> {
     }
 
     pub fn get(&self, namespace: &str, name: &str) -> Option<Arc<K>> {
-        self.read().objects.get(&(namespace.to_string(), name.to_string())).cloned()
+        self.read().get(namespace, name).cloned()
     }
 
     pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
-        let state = self.read();
-        let Some(names) = state.by_namespace.get(namespace) else { return vec![] };
-        names.iter().filter_map(|n| state.objects.get(&(namespace.to_string(), n.clone())).cloned()).collect()
+        self.read().by_namespace.get(namespace).map(|names| names.values().cloned().collect()).unwrap_or_default()
     }
 
     /// Objects whose controlling ownerReference has `uid`.
     pub fn controlled_by(&self, uid: &str) -> Vec<Arc<K>> {
         let state = self.read();
         let Some(keys) = state.by_controller.get(uid) else { return vec![] };
-        keys.iter().filter_map(|k| state.objects.get(k).cloned()).collect()
+        keys.iter().filter_map(|(ns, name)| state.get(ns, name).cloned()).collect()
+    }
+
+    /// Objects in `namespace` with no controlling ownerReference.
+    pub fn orphans_in(&self, namespace: &str) -> Vec<Arc<K>> {
+        let state = self.read();
+        let Some(names) = state.orphans.get(namespace) else { return vec![] };
+        names.iter().filter_map(|name| state.get(namespace, name).cloned()).collect()
     }
 
     pub fn all(&self) -> Vec<Arc<K>> {
-        self.read().objects.values().cloned().collect()
+        self.read().by_namespace.values().flat_map(|names| names.values().cloned()).collect()
     }
 }

@@ -980,7 +980,7 @@ async fn pods_for_job(ctx: &Ctx, job: &Job) -> Vec<Arc<Pod>> {
         }
     }
     let Some(adoption) = adoption_selector(job).filter(|_| !deleting) else { return out };
-    for pod in ctx.pods.in_namespace(&ns) {
+    for pod in ctx.pods.orphans_in(&ns) {
         if controller_of(&pod).is_some() || pod.metadata.deletion_timestamp.is_some() || !labels::matches(&adoption, pod.labels()) {
             continue;
         }

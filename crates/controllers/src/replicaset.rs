@@ -236,7 +236,7 @@ async fn sync(ctx: &Ctx, key: &Key) -> Result<(), SyncError> {
         }
     }
     if rs.metadata.deletion_timestamp.is_none() {
-        for pod in ctx.pods.in_namespace(ns) {
+        for pod in ctx.pods.orphans_in(ns) {
             if controller_of(&pod).is_none() && pod.metadata.deletion_timestamp.is_none() && labels::matches(&spec.selector, pod.labels()) && adopt(&pods_api, &pod, owner_ref(&rs, &ctx.replicasets)).await {
                 owned.push(pod);
             }
