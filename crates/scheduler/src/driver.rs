@@ -108,8 +108,7 @@ impl State {
 
     /// Applies a pod from the watch; returns whether the scheduling thread has new work.
     fn apply_pod(&mut self, mut pod: Pod, now: Instant) -> bool {
-        // Nothing here reads managedFields, and they are a large share of a pod's size.
-        pod.metadata.managed_fields = None;
+        slim(&mut pod);
         let info = Arc::new(PodInfo::new(Arc::new(pod), &self.cluster.classes));
         if info.uid.is_empty() {
             return false;
@@ -293,6 +292,41 @@ impl Watched for Pod {
     }
     fn keys(state: &State) -> Vec<String> {
         state.pods.keys().cloned().collect()
+    }
+}
+
+/// Drops what scheduling never reads before a pod is held, for every pod of the cluster: a typed
+/// pod costs ~17 KB for ~2.5 KB of JSON, most of it in managedFields, the service account's
+/// projected volume, container mounts and probes, and container statuses. Kept: metadata
+/// (labels, owners), scheduling fields, claim volumes, container resources and ports, and the
+/// status fields the scheduler reads (conditions, nominatedNodeName, startTime, phase).
+fn slim(pod: &mut Pod) {
+    pod.metadata.managed_fields = None;
+    if let Some(annotations) = pod.metadata.annotations.as_mut() {
+        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
+    }
+    if let Some(spec) = pod.spec.as_mut() {
+        if let Some(volumes) = spec.volumes.as_mut() {
+            volumes.retain(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some());
+        }
+        for container in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
+            let kept = k8s_openapi::api::core::v1::Container {
+                name: std::mem::take(&mut container.name),
+                image: container.image.take(),
+                ports: container.ports.take(),
+                resources: container.resources.take(),
+                resize_policy: container.resize_policy.take(),
+                restart_policy: container.restart_policy.take(),
+                ..Default::default()
+            };
+            *container = kept;
+        }
+        spec.ephemeral_containers = None;
+    }
+    if let Some(status) = pod.status.as_mut() {
+        status.container_statuses = None;
+        status.init_container_statuses = None;
+        status.ephemeral_container_statuses = None;
     }
 }
 
