@@ -390,9 +390,11 @@ fn deleting_with_each_propagation_policy() {
     }
     // Deleting a namespace empties it, then removes it.
     s.ok_stdin(&["apply", "-f", "-"], APP);
+    s.ok_stdin(&["create", "-f", "-"], "apiVersion: v1\nkind: Event\nmetadata: {name: note, namespace: shop}\ninvolvedObject: {kind: ConfigMap, name: x, namespace: shop}\nreason: Test\nmessage: goes with its namespace\n");
     s.ok(&["delete", "namespace", "shop", "--timeout=60s"]);
     assert!(s.fails(&["get", "namespace", "shop"]).contains("not found"));
     assert!(s.ok(&["get", "configmaps", "-n", "shop", "-o", "name"]).trim().is_empty());
+    assert!(s.ok(&["get", "events", "-n", "shop", "-o", "name"]).trim().is_empty());
 }
 
 /// kubectl's typed generators (`kubectl create configmap ...`) send Kubernetes protobuf bodies.

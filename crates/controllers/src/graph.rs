@@ -96,6 +96,13 @@ pub struct Graph {
     changes: watch::Sender<u64>,
 }
 
+/// Events are never owners or owned in practice, and there are more of them than of anything
+/// else (upstream's garbage collector ignores them too); the namespace controller deletes them
+/// by collection instead.
+fn ignored(ar: &ApiResource) -> bool {
+    ar.plural == "events" && (ar.group.is_empty() || ar.group == "events.k8s.io")
+}
+
 fn resource_key(ar: &ApiResource) -> String {
     format!("{}/{}", ar.api_version, ar.plural)
 }
@@ -111,7 +118,7 @@ impl Graph {
                     Ok(discovery) => {
                         for group in discovery.groups() {
                             for (ar, caps) in group.recommended_resources() {
-                                if !caps.supports_operation(verbs::WATCH) || !caps.supports_operation(verbs::DELETE) {
+                                if !caps.supports_operation(verbs::WATCH) || !caps.supports_operation(verbs::DELETE) || ignored(&ar) {
                                     continue;
                                 }
                                 g.watch(client.clone(), ar, caps.scope == Scope::Namespaced);

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::Namespace;
-use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use k8s_openapi::api::core::v1::{Event, Namespace};
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, PostParams};
 
 use crate::graph::Graph;
 
@@ -30,8 +30,20 @@ pub async fn reconcile(client: &kube::Client, graph: &Graph) {
                 Err(error) => tracing::warn!(%error, namespace = %ns, name = %node.name, "namespace cleanup delete failed"),
             }
         }
-        if contents.is_empty() && graph.synced() {
+        // The graph does not hold events (see graph::ignored): they go by collection.
+        if contents.is_empty() && graph.synced() && delete_events(client, &ns).await {
             finalize(client, &ns).await;
+        }
+    }
+}
+
+async fn delete_events(client: &kube::Client, namespace: &str) -> bool {
+    let api: Api<Event> = Api::namespaced(client.clone(), namespace);
+    match api.delete_collection(&DeleteParams::background(), &ListParams::default()).await {
+        Ok(_) => true,
+        Err(error) => {
+            tracing::debug!(%error, %namespace, "deleting the namespace's events failed; will retry");
+            false
         }
     }
 }
