@@ -26,6 +26,32 @@ pub struct SchedulerBench {
     /// Deployments the pods are spread over.
     #[arg(long, default_value_t = 500)]
     deployments: usize,
+    /// Run the controller manager and the scheduler as processes of their own (as upstream
+    /// deploys them), so each one's RSS is printed apart from the API server's.
+    #[arg(long)]
+    split: bool,
+}
+
+/// A component process started by the bench; killed when dropped.
+struct Component(std::process::Child);
+
+impl Drop for Component {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_component(what: &str, kubeconfig: &std::path::Path) -> anyhow::Result<Component> {
+    let child = std::process::Command::new(std::env::current_exe()?)
+        .arg(what)
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .env("BERTH_LOG", "warn")
+        .stdin(std::process::Stdio::null())
+        .spawn()
+        .with_context(|| format!("starting berth {what}"))?;
+    Ok(Component(child))
 }
 
 async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
@@ -35,8 +61,14 @@ async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
 }
 
 pub async fn run(args: SchedulerBench) -> anyhow::Result<()> {
-    let (child, kubeconfig) = start_child(&[]).await?;
+    let split_flags: &[&str] = if args.split { &["--disable-controllers", "--disable-scheduler"] } else { &[] };
+    let (child, kubeconfig) = start_child(split_flags).await?;
     let pid = child.process.id();
+    let components = if args.split {
+        vec![("controller manager", start_component("controller-manager", &kubeconfig)?), ("scheduler", start_component("scheduler", &kubeconfig)?)]
+    } else {
+        Vec::new()
+    };
     let client = client(&kubeconfig).await?;
     println!("berth bench scheduler: {} nodes, {} pods in {} deployments", args.nodes, args.pods, args.deployments);
 
@@ -125,7 +157,13 @@ pub async fn run(args: SchedulerBench) -> anyhow::Result<()> {
     );
     println!("{running} of {} pods Running {:.1} s after the first deployment was created", args.pods, all_running.as_secs_f64());
     if let Some(kib) = rss_kib(pid) {
-        println!("server RSS: {:.1} MiB", kib as f64 / 1024.0);
+        let what = if args.split { "API server RSS" } else { "server RSS (API, controllers, scheduler)" };
+        println!("{what}: {:.1} MiB", kib as f64 / 1024.0);
+    }
+    for (what, component) in &components {
+        if let Some(kib) = rss_kib(component.0.id()) {
+            println!("{what} RSS: {:.1} MiB", kib as f64 / 1024.0);
+        }
     }
     if let Some(kib) = rss_kib(std::process::id()) {
         println!("bench process RSS (simulated nodes and watch): {:.1} MiB", kib as f64 / 1024.0);
@@ -133,6 +171,7 @@ pub async fn run(args: SchedulerBench) -> anyhow::Result<()> {
     print_request_mix(&client, args.pods).await;
     sim_task.abort();
     watch_task.abort();
+    drop(components);
     drop(child);
     Ok(())
 }
