@@ -275,6 +275,21 @@ fn silent_nodes_become_unknown_tainted_and_their_pods_are_evicted() {
     s.ok(&["patch", "node", "n1", "--subresource=status", "--type=merge", "-p",
         &format!(r#"{{"status": {{"conditions": [{{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": "{fresh}"}}]}}}}"#)]);
     wait_for("taints removed", || s.get_json(&["node", "n1"])["spec"]["taints"].as_array().is_none_or(|t| t.is_empty()));
+    // The patient pod's scheduled eviction is called off, once; the evicted one's is not.
+    let cancelled = await_event(&s, "Pod", "patient", "TaintManagerEviction", "Cancelling deletion of Pod default/patient");
+    assert_eq!(cancelled["source"]["component"], "taint-eviction-controller");
+    assert_eq!(cancelled["type"], "Normal");
+    // A few more monitor rounds (2 s each) say nothing more.
+    std::thread::sleep(Duration::from_secs(5));
+    let evictions = |pod: &str| {
+        let selector = format!("involvedObject.kind=Pod,involvedObject.name={pod},reason=TaintManagerEviction");
+        s.get_json(&["events", "-n", "default", "--field-selector", &selector])["items"].as_array().cloned().unwrap_or_default()
+    };
+    let patient_events = evictions("patient");
+    assert!(patient_events.len() == 1 && patient_events[0]["count"] == 1, "{patient_events:?}");
+    assert!(s.get_json(&["pod", "patient"])["metadata"].get("deletionTimestamp").is_none());
+    let quick_events = evictions("quick");
+    assert!(quick_events.iter().all(|e| !e["message"].as_str().unwrap_or("").starts_with("Cancelling")), "{quick_events:?}");
 }
 
 

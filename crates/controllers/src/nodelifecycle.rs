@@ -9,7 +9,11 @@
 //! Events follow kube-controller-manager: the node lifecycle controller ("node-controller")
 //! says RegisteredNode/RemovingNode and NodeNotReady on nodes and NodeNotReady on their pods;
 //! evictions are told by the taint eviction controller ("taint-eviction-controller"), which
-//! upstream runs apart since 1.29.
+//! upstream runs apart since 1.29: "Marking for deletion" when a pod is deleted, and
+//! "Cancelling deletion" when a pod whose eviction was scheduled is spared after all (its node's
+//! taints went, or it now tolerates them for good). The node's own NodeReady/NodeNotReady are
+//! the kubelet's (the agent's); this controller says NodeNotReady only when it marks a silent
+//! node Unknown itself.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -47,6 +51,7 @@ pub async fn run(client: Client, grace_period: Duration) {
     let recorder = Recorder::new(client.clone(), "node-controller");
     let evictions = Recorder::new(client.clone(), "taint-eviction-controller");
     let mut known: HashSet<String> = HashSet::new();
+    let mut pending = Pending::new();
     let mut ticker = tokio::time::interval(MONITOR_PERIOD);
     loop {
         ticker.tick().await;
@@ -58,7 +63,7 @@ pub async fn run(client: Client, grace_period: Duration) {
                 tracing::debug!(%error, node = %node.name_any(), "node health update failed");
             }
         }
-        evict(&client, &recorder, &evictions, &nodes, &pods, now).await;
+        evict(&client, &recorder, &evictions, &nodes, &pods, &mut pending, now).await;
     }
 }
 
@@ -188,7 +193,11 @@ pub fn eviction_time(pod: &Pod, taints: &[Taint], now: jiff::Timestamp) -> Optio
     due
 }
 
-async fn evict(client: &Client, recorder: &Recorder, evictions: &Recorder, nodes: &Cache<Node>, pods: &Cache<Pod>, now: jiff::Timestamp) {
+/// Pods whose eviction is scheduled but not yet due, by namespace and name, with their uid: as
+/// much of upstream's timed eviction queue as it takes to tell when a deletion is called off.
+type Pending = HashMap<(String, String), String>;
+
+async fn evict(client: &Client, recorder: &Recorder, evictions: &Recorder, nodes: &Cache<Node>, pods: &Cache<Pod>, pending: &mut Pending, now: jiff::Timestamp) {
     let tainted: HashMap<String, (Vec<Taint>, bool)> = nodes
         .all()
         .iter()
@@ -198,10 +207,10 @@ async fn evict(client: &Client, recorder: &Recorder, evictions: &Recorder, nodes
             (!taints.is_empty() || unhealthy).then(|| (n.name_any(), (taints, unhealthy)))
         })
         .collect();
-    if tainted.is_empty() {
-        return;
-    }
-    for pod in pods.all() {
+    let mut scheduled = Pending::new();
+    // No tainted or unhealthy node: no pod to look at, only pending evictions to call off.
+    let candidates = if tainted.is_empty() { Vec::new() } else { pods.all() };
+    for pod in candidates {
         let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()) else { continue };
         let Some((taints, unhealthy)) = tainted.get(node) else { continue };
         if pod.metadata.deletion_timestamp.is_some() {
@@ -211,18 +220,41 @@ async fn evict(client: &Client, recorder: &Recorder, evictions: &Recorder, nodes
         if *unhealthy {
             mark_not_ready(&api, recorder, &pod, now).await;
         }
-        if eviction_time(&pod, taints, now).is_some_and(|at| at <= now) {
-            let params = DeleteParams { preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }), ..Default::default() };
-            match api.delete(&pod.name_any(), &params).await {
-                Ok(_) => {
-                    tracing::info!(pod = %pod.name_any(), node, "evicted pod from tainted node");
-                    let message = format!("Marking for deletion Pod {}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
-                    evictions.normal(pod.as_ref(), "TaintManagerEviction", message);
+        match eviction_time(&pod, taints, now) {
+            Some(at) if at <= now => {
+                let params = DeleteParams { preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }), ..Default::default() };
+                match api.delete(&pod.name_any(), &params).await {
+                    Ok(_) => {
+                        tracing::info!(pod = %pod.name_any(), node, "evicted pod from tainted node");
+                        let message = format!("Marking for deletion Pod {}/{}", pod.namespace().unwrap_or_default(), pod.name_any());
+                        evictions.normal(pod.as_ref(), "TaintManagerEviction", message);
+                    }
+                    Err(error) => tracing::debug!(%error, pod = %pod.name_any(), "eviction failed"),
                 }
-                Err(error) => tracing::debug!(%error, pod = %pod.name_any(), "eviction failed"),
             }
+            Some(_) => {
+                scheduled.insert((pod.namespace().unwrap_or_default(), pod.name_any()), pod.uid().unwrap_or_default());
+            }
+            None => {}
         }
     }
+    for ((namespace, name), uid) in pending.iter().filter(|(key, _)| !scheduled.contains_key(*key)) {
+        let Some(pod) = pods.get(namespace, name) else { continue };
+        let node = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).and_then(|n| nodes.get("", n));
+        let taints: Option<Vec<Taint>> = node.map(|n| n.spec.as_ref().and_then(|s| s.taints.clone()).unwrap_or_default());
+        if spared(&pod, uid, taints.as_deref(), now) {
+            evictions.normal(pod.as_ref(), "TaintManagerEviction", format!("Cancelling deletion of Pod {namespace}/{name}"));
+        }
+    }
+    *pending = scheduled;
+}
+
+/// Whether a pod whose eviction was scheduled has been spared: the same pod, not being deleted,
+/// on a node still there (`taints` is `None` for a node gone, whose pods the pod GC deletes), and
+/// no longer due to leave it at all. A pod evicted, deleted or replaced is not.
+fn spared(pod: &Pod, uid: &str, taints: Option<&[Taint]>, now: jiff::Timestamp) -> bool {
+    let Some(taints) = taints else { return false };
+    pod.uid().as_deref() == Some(uid) && pod.metadata.deletion_timestamp.is_none() && eviction_time(pod, taints, now).is_none()
 }
 
 /// Upstream's MarkPodsNotReady: a pod on a node that stopped reporting is not Ready.
@@ -267,5 +299,19 @@ mod tests {
         assert_eq!(eviction_time(&default, &taints, now), Some(jiff::Timestamp::from_second(1_000_200).unwrap()));
         let forever = pod(json!([{"operator": "Exists"}]));
         assert_eq!(eviction_time(&forever, &taints, now), None);
+    }
+
+    #[test]
+    fn only_a_pod_still_there_and_no_longer_due_is_spared() {
+        let now = jiff::Timestamp::from_second(1_000_000).unwrap();
+        let taint = Taint { key: UNREACHABLE.into(), effect: "NoExecute".into(), value: None, time_added: Some(Time(now)) };
+        let mut p = pod(json!([{"key": UNREACHABLE, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}]));
+        p.metadata.uid = Some("u1".into());
+        assert!(spared(&p, "u1", Some(&[]), now), "the node's taints went");
+        assert!(!spared(&p, "u1", Some(std::slice::from_ref(&taint)), now), "still scheduled");
+        assert!(!spared(&p, "u0", Some(&[]), now), "another pod of the same name");
+        assert!(!spared(&p, "u1", None, now), "its node is gone");
+        p.metadata.deletion_timestamp = Some(Time(now));
+        assert!(!spared(&p, "u1", Some(&[]), now), "being deleted");
     }
 }
