@@ -154,6 +154,8 @@ pub async fn start(client: kube::Client, config: AgentConfig) -> Result<RunningA
         cni_conf_dir: paths.cni_conf_dir.clone(),
         labels: config.labels.clone(),
     };
+    // The kubelet's events name its node as their source's host.
+    let recorder = controllers::events::Recorder::new(client.clone(), "kubelet").with_host(config.node_name.clone());
     let ctx = Arc::new(pods::Context {
         client: client.clone(),
         cri: cri.clone(),
@@ -162,7 +164,7 @@ pub async fn start(client: kube::Client, config: AgentConfig) -> Result<RunningA
         node_memory: node::measure(&config.dir).memory_bytes,
         pods_dir,
         logs_dir,
-        recorder: controllers::events::Recorder::new(client.clone(), "kubelet"),
+        recorder: recorder.clone(),
         pods: Default::default(),
         tokens: Default::default(),
         stats: Default::default(),
@@ -171,7 +173,7 @@ pub async fn start(client: kube::Client, config: AgentConfig) -> Result<RunningA
     let node_settings = node::NodeSettings { kubelet_port: server.port, ..node_settings };
     let thresholds = eviction::parse_thresholds(&config.eviction_hard).map_err(|e| AgentError::Server(e.to_string()))?;
     let pressure = eviction::SharedPressure::default();
-    let node_agent = node::NodeAgent::new(client.clone(), cri.clone(), node_settings, pressure.clone());
+    let node_agent = node::NodeAgent::new(client.clone(), cri.clone(), node_settings, pressure.clone(), recorder);
     let registered = node_agent.register().await.map_err(AgentError::Register)?;
     let mut tasks = tokio::task::JoinSet::new();
     if let Some(containerd) = own_containerd {

@@ -1,13 +1,15 @@
 //! The agent's Node: registration with capacity measured from the machine, the status heartbeat
 //! (conditions, addresses, node info), the Lease heartbeat, and the CNI configuration written
-//! once the control plane has given the node a pod CIDR.
+//! once the control plane has given the node a pod CIDR. As the kubelet, the agent tells of its
+//! conditions' changes as events on its Node (NodeReady, NodeHasSufficientMemory, ...).
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use controllers::events::Recorder;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
-use k8s_openapi::api::core::v1::{DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo};
+use k8s_openapi::api::core::v1::{DaemonEndpoint, Node, NodeAddress, NodeCondition, NodeDaemonEndpoints, NodeSpec, NodeStatus, NodeSystemInfo, ObjectReference};
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{MicroTime, ObjectMeta, OwnerReference, Time};
 use kube::api::{Api, Patch, PatchParams, PostParams};
@@ -95,18 +97,53 @@ fn condition(type_: &str, ok: bool, true_reason: &str, false_reason: &str, messa
     }
 }
 
+/// The events upstream's kubelet records when it sets its node's conditions (reasons, in the
+/// order of the conditions): a pressure condition says where it stands at the first status and
+/// at every change (one absent before counts as Unknown); Ready only when a status it had
+/// changes, Unknown (set by the node lifecycle controller) included.
+pub fn status_events(previous: &[NodeCondition], next: &[NodeCondition]) -> Vec<&'static str> {
+    next.iter()
+        .filter_map(|condition| {
+            let before = previous.iter().find(|p| p.type_ == condition.type_).map(|p| p.status.as_str());
+            let on = condition.status == "True";
+            let pick = |yes: &'static str, no: &'static str| if on { yes } else { no };
+            let changed = before.unwrap_or("Unknown") != condition.status;
+            match condition.type_.as_str() {
+                "MemoryPressure" if changed => Some(pick("NodeHasInsufficientMemory", "NodeHasSufficientMemory")),
+                "DiskPressure" if changed => Some(pick("NodeHasDiskPressure", "NodeHasNoDiskPressure")),
+                "PIDPressure" if changed => Some(pick("NodeHasInsufficientPID", "NodeHasSufficientPID")),
+                "Ready" if before.is_some() && changed => Some(pick("NodeReady", "NodeNotReady")),
+                _ => None,
+            }
+        })
+        .collect()
+}
+
 pub struct NodeAgent {
     client: Client,
     cri: Cri,
     settings: NodeSettings,
     capacity: Capacity,
     pressure: crate::eviction::SharedPressure,
+    recorder: Recorder,
 }
 
 impl NodeAgent {
-    pub fn new(client: Client, cri: Cri, settings: NodeSettings, pressure: crate::eviction::SharedPressure) -> Self {
+    pub fn new(client: Client, cri: Cri, settings: NodeSettings, pressure: crate::eviction::SharedPressure, recorder: Recorder) -> Self {
         let capacity = measure(&settings.data_dir);
-        Self { client, cri, settings, capacity, pressure }
+        Self { client, cri, settings, capacity, pressure, recorder }
+    }
+
+    /// Records the status events of going from `previous` to `next` (once `next` is posted).
+    fn record_status_events(&self, previous: Option<&NodeStatus>, next: &NodeStatus) {
+        let conditions = |status: Option<&NodeStatus>| status.and_then(|s| s.conditions.clone()).unwrap_or_default();
+        let name = &self.settings.name;
+        // The kubelet's reference to its node: no namespace (the event lands in "default") and
+        // the node's name for uid, which `kubectl describe node` looks for besides the real one.
+        let reference = ObjectReference { kind: Some("Node".into()), name: Some(name.clone()), uid: Some(name.clone()), ..Default::default() };
+        for reason in status_events(&conditions(previous), &conditions(Some(next))) {
+            self.recorder.record_for(reference.clone(), "Normal", reason, format!("Node {name} status is now: {reason}"));
+        }
     }
 
     pub fn capacity(&self) -> &Capacity {
@@ -195,8 +232,11 @@ impl NodeAgent {
                 }
             }
         };
-        let status = self.status(None, node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref())).await;
-        api.patch_status(&self.settings.name, &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await
+        // A node taken over keeps its conditions' transition times, and only changes are told.
+        let status = self.status(node.status.as_ref(), node.spec.as_ref().and_then(|s| s.pod_cidr.as_deref())).await;
+        let posted = api.patch_status(&self.settings.name, &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await?;
+        self.record_status_events(node.status.as_ref(), &status);
+        Ok(posted)
     }
 
     /// The status heartbeat, the Lease heartbeat and the CNI configuration, forever.
@@ -230,6 +270,7 @@ impl NodeAgent {
             if last_reported.as_ref() != Some(&comparable) || last_report.elapsed() >= STATUS_REPORT {
                 match nodes.patch_status(&self.settings.name, &PatchParams::default(), &Patch::Merge(json!({"status": status}))).await {
                     Ok(updated) => {
+                        self.record_status_events(node.status.as_ref(), &status);
                         node = updated;
                         last_reported = Some(comparable);
                         last_report = std::time::Instant::now();
@@ -309,4 +350,29 @@ pub fn write_cni_config(dir: &Path, pod_cidr: &str, data_dir: &Path) -> std::io:
     let tmp = dir.join(".berth.conflist.tmp");
     std::fs::write(&tmp, text)?;
     std::fs::rename(tmp, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn conditions(statuses: &[(&str, &str)]) -> Vec<NodeCondition> {
+        statuses.iter().map(|(type_, status)| NodeCondition { type_: type_.to_string(), status: status.to_string(), ..Default::default() }).collect()
+    }
+
+    #[test]
+    fn status_events_follow_the_kubelet() {
+        let healthy = conditions(&[("MemoryPressure", "False"), ("DiskPressure", "False"), ("PIDPressure", "False"), ("Ready", "True")]);
+        // The first status: where each pressure stands, nothing about Ready.
+        assert_eq!(status_events(&[], &healthy), ["NodeHasSufficientMemory", "NodeHasNoDiskPressure", "NodeHasSufficientPID"]);
+        assert!(status_events(&healthy, &healthy).is_empty(), "no change, no event");
+        let not_ready = conditions(&[("MemoryPressure", "False"), ("DiskPressure", "False"), ("PIDPressure", "False"), ("Ready", "False")]);
+        assert_eq!(status_events(&healthy, &not_ready), ["NodeNotReady"]);
+        assert_eq!(status_events(&not_ready, &healthy), ["NodeReady"]);
+        // Back after the node lifecycle controller marked everything Unknown.
+        let unknown = conditions(&[("MemoryPressure", "Unknown"), ("DiskPressure", "Unknown"), ("PIDPressure", "Unknown"), ("Ready", "Unknown")]);
+        assert_eq!(status_events(&unknown, &healthy), ["NodeHasSufficientMemory", "NodeHasNoDiskPressure", "NodeHasSufficientPID", "NodeReady"]);
+        let pressed = conditions(&[("MemoryPressure", "True"), ("DiskPressure", "True"), ("PIDPressure", "True"), ("Ready", "True")]);
+        assert_eq!(status_events(&healthy, &pressed), ["NodeHasInsufficientMemory", "NodeHasDiskPressure", "NodeHasInsufficientPID"]);
+    }
 }

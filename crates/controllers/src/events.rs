@@ -24,6 +24,8 @@ type Seen = HashMap<String, (String, i32, Instant)>;
 pub struct Recorder {
     client: Client,
     component: &'static str,
+    /// The node a per-node component (the kubelet) runs on: the source's host.
+    host: Option<String>,
     instance: String,
     seen: Arc<Mutex<Seen>>,
 }
@@ -31,7 +33,14 @@ pub struct Recorder {
 impl Recorder {
     pub fn new(client: Client, component: &'static str) -> Self {
         let instance = std::env::var("HOSTNAME").ok().filter(|h| !h.is_empty()).unwrap_or_else(|| "berth".into());
-        Self { client, component, instance, seen: Arc::default() }
+        Self { client, component, host: None, instance, seen: Arc::default() }
+    }
+
+    /// As client-go's EventSource{Host}: the kubelet's events name its node, which is also their
+    /// reporting instance.
+    pub fn with_host(self, host: impl Into<String>) -> Self {
+        let host = host.into();
+        Self { instance: host.clone(), host: Some(host), ..self }
     }
 
     pub fn normal<K: Resource<DynamicType = ()>>(&self, object: &K, reason: &str, message: String) {
@@ -97,7 +106,7 @@ impl Recorder {
             last_timestamp: Some(Time(now)),
             // The legacy (core/v1) recorder form: no eventTime, no action.
             event_time: None::<MicroTime>,
-            source: Some(EventSource { component: Some(self.component.into()), host: None }),
+            source: Some(EventSource { component: Some(self.component.into()), host: self.host.clone() }),
             reporting_component: Some(self.component.into()),
             reporting_instance: Some(self.instance.clone()),
             action: None,
