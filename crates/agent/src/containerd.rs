@@ -16,6 +16,8 @@ pub enum ContainerdError {
     Spawn { binary: String, source: std::io::Error },
     #[error("containerd did not open {socket} within {seconds} s; its log is {log}")]
     NotReady { socket: PathBuf, seconds: u64, log: PathBuf },
+    #[error("{0}")]
+    Runtime(String),
 }
 
 /// Where one containerd keeps everything.
@@ -51,12 +53,78 @@ pub struct ContainerdSettings {
     pub sandbox_image: String,
     /// Where Debian's `containernetworking-plugins` put the plugin binaries.
     pub cni_bin_dir: PathBuf,
+    /// crun, when it is installed and can run here: offered as the `crun` runtime handler.
+    pub crun: Option<PathBuf>,
+    /// The handler (`runc` or `crun`) pods get when they name none.
+    pub default_runtime: String,
 }
 
 impl Default for ContainerdSettings {
     fn default() -> Self {
-        Self { sandbox_image: crate::PAUSE_IMAGE.to_string(), cni_bin_dir: PathBuf::from("/usr/lib/cni") }
+        Self { sandbox_image: crate::PAUSE_IMAGE.to_string(), cni_bin_dir: PathBuf::from("/usr/lib/cni"), crun: None, default_runtime: "runc".into() }
     }
+}
+
+/// Which low-level runtime new pods run with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum DefaultRuntime {
+    /// crun when it is installed and works with this host's cgroups, else runc.
+    #[default]
+    Auto,
+    Runc,
+    Crun,
+}
+
+impl std::str::FromStr for DefaultRuntime {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "runc" => Ok(Self::Runc),
+            "crun" => Ok(Self::Crun),
+            other => Err(format!("unknown runtime {other:?}: expected auto, runc or crun")),
+        }
+    }
+}
+
+impl ContainerdSettings {
+    /// Settings with the runtime handlers this host can offer. crun starts a container with far
+    /// less CPU than runc (a small C program, where runc pays Go's start-up on every call), and
+    /// container creation is most of a pod's start-up cost on a small machine.
+    pub fn for_host(wanted: DefaultRuntime) -> Result<Self, ContainerdError> {
+        let crun = crun_binary().map(|binary| crun_unusable_reason(Path::new("/sys/fs/cgroup")).map_or(Ok(binary), Err));
+        let (crun, default_runtime) = match (wanted, crun) {
+            (DefaultRuntime::Runc, crun) => (crun.and_then(Result::ok), "runc"),
+            (DefaultRuntime::Auto, None) => (None, "runc"),
+            (DefaultRuntime::Auto, Some(Err(reason))) => {
+                tracing::info!(%reason, "crun cannot run containers on this host; pods run with runc");
+                (None, "runc")
+            }
+            (DefaultRuntime::Auto | DefaultRuntime::Crun, Some(Ok(binary))) => (Some(binary), "crun"),
+            (DefaultRuntime::Crun, None) => return Err(ContainerdError::Runtime("crun is not installed (scripts/setup installs it)".into())),
+            (DefaultRuntime::Crun, Some(Err(reason))) => return Err(ContainerdError::Runtime(format!("crun cannot run containers on this host: {reason}"))),
+        };
+        Ok(Self { crun, default_runtime: default_runtime.into(), ..Self::default() })
+    }
+}
+
+fn crun_binary() -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path).map(|dir| dir.join("crun")).find(|candidate| candidate.is_file())
+}
+
+/// Why crun would fail to create containers under this cgroup layout, if it would. crun refuses
+/// a hybrid layout (v1 controllers, plus a v2 hierarchy at `unified`) while any controller is
+/// attached to the v2 side: some minimal VMs mount every v1 controller but hugetlb, which then
+/// sits on v2. scripts/setup mounts such leftovers as v1 hierarchies, as systemd would.
+fn crun_unusable_reason(cgroup_root: &Path) -> Option<String> {
+    if cgroup_root.join("cgroup.controllers").exists() {
+        return None; // the unified (v2-only) layout
+    }
+    let controllers = std::fs::read_to_string(cgroup_root.join("unified").join("cgroup.controllers")).ok()?;
+    let attached = controllers.split_whitespace().collect::<Vec<_>>().join(" ");
+    (!attached.is_empty()).then(|| format!("hybrid cgroups with controllers on the v2 hierarchy ({attached}); mount them as v1 hierarchies (scripts/setup does) or run with --default-runtime runc"))
 }
 
 /// containerd 1.6's config (version 2 schema). The CRI stream server (exec, attach,
@@ -84,14 +152,14 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
   restrict_oom_score_adj = {restrict_oom}
   [plugins."io.containerd.grpc.v1.cri".containerd]
     snapshotter = "overlayfs"
-    default_runtime_name = "runc"
+    default_runtime_name = {default_runtime}
     [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc.options]
         SystemdCgroup = false
         # runc's state would otherwise be shared with a system containerd's (/run/containerd/runc).
         Root = {runc_root}
-  [plugins."io.containerd.grpc.v1.cri".cni]
+{crun_handler}  [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = {cni_bin}
     conf_dir = {cni_conf}
   [plugins."io.containerd.grpc.v1.cri".registry]
@@ -105,8 +173,26 @@ disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapsho
         cni_bin = q(&settings.cni_bin_dir),
         restrict_oom = !can_lower_oom_score(),
         runc_root = q(&paths.dir.join("state").join("runc")),
+        default_runtime = toml_string(&settings.default_runtime),
+        crun_handler = settings.crun.as_deref().map(|binary| crun_handler(binary, &paths.dir.join("state").join("crun"))).unwrap_or_default(),
         cni_conf = q(&paths.cni_conf_dir),
         hosts = q(&paths.hosts_dir),
+    )
+}
+
+/// The `crun` handler: runc's shim, driving the crun binary instead.
+fn crun_handler(binary: &Path, root: &Path) -> String {
+    let q = |p: &Path| toml_string(&p.display().to_string());
+    format!(
+        r#"    [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun]
+      runtime_type = "io.containerd.runc.v2"
+      [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.crun.options]
+        SystemdCgroup = false
+        BinaryName = {binary}
+        Root = {root}
+"#,
+        binary = q(binary),
+        root = q(root),
     )
 }
 
@@ -239,5 +325,33 @@ mod tests {
         assert!(text.contains(&format!("sandbox_image = \"{}\"", crate::PAUSE_IMAGE)));
         assert!(text.contains(r#"bin_dir = "/usr/lib/cni""#));
         assert!(text.contains(r#"config_path = "/data/a \"b\"/agent/containerd/certs.d""#), "{text}");
+        assert!(text.contains(r#"default_runtime_name = "runc""#) && !text.contains("runtimes.crun"), "{text}");
+    }
+
+    #[test]
+    fn crun_is_a_second_handler_with_its_own_state() {
+        let paths = ContainerdPaths::under(Path::new("/data/agent"));
+        let settings = ContainerdSettings { crun: Some("/usr/bin/crun".into()), default_runtime: "crun".into(), ..Default::default() };
+        let text = config_toml(&paths, &settings);
+        assert!(text.contains(r#"default_runtime_name = "crun""#), "{text}");
+        let crun = text.split("runtimes.crun.options]").nth(1).expect("a crun handler");
+        assert!(crun.contains(r#"BinaryName = "/usr/bin/crun""#) && crun.contains(r#"Root = "/data/agent/containerd/state/crun""#), "{text}");
+        let runc = text.split("runtimes.runc.options]").nth(1).and_then(|t| t.split("runtimes.crun").next()).expect("a runc handler");
+        assert!(!runc.contains("BinaryName"), "runc stays runc: {text}");
+    }
+
+    #[test]
+    fn crun_refuses_hybrid_cgroups_with_controllers_on_v2() {
+        let root = std::env::temp_dir().join(format!("berth-cgroup-layout-{}", std::process::id()));
+        let unified = root.join("unified");
+        std::fs::create_dir_all(&unified).unwrap();
+        std::fs::write(unified.join("cgroup.controllers"), "hugetlb\n").unwrap();
+        let reason = crun_unusable_reason(&root).expect("hugetlb on v2 makes crun fail");
+        assert!(reason.contains("hugetlb"), "{reason}");
+        std::fs::write(unified.join("cgroup.controllers"), "\n").unwrap();
+        assert_eq!(crun_unusable_reason(&root), None, "an empty v2 side is what systemd's hybrid mode leaves");
+        std::fs::write(root.join("cgroup.controllers"), "cpu memory\n").unwrap();
+        assert_eq!(crun_unusable_reason(&root), None, "unified layout");
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }

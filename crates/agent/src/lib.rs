@@ -80,6 +80,8 @@ pub struct AgentConfig {
     pub eviction_hard: String,
     /// Registries (HOST:PORT) the agent's containerd pulls from over plain HTTP.
     pub insecure_registries: Vec<String>,
+    /// Which low-level runtime the agent's own containerd gives pods.
+    pub default_runtime: containerd::DefaultRuntime,
 }
 
 /// A hostname usable as a node name: lowercase, as the kubelet does.
@@ -132,7 +134,7 @@ pub async fn start(client: kube::Client, config: AgentConfig) -> Result<RunningA
         Some(endpoint) => (endpoint.clone(), None),
         None => {
             registries::write_plain_http(&paths.hosts_dir, &config.insecure_registries)?;
-            let running = containerd::Containerd::start(paths.clone(), containerd::ContainerdSettings::default()).await?;
+            let running = containerd::Containerd::start(paths.clone(), containerd::ContainerdSettings::for_host(config.default_runtime)?).await?;
             (paths.socket.clone(), Some(running))
         }
     };

@@ -121,6 +121,10 @@ pub struct NodeArgs {
     /// DATA/agent/containerd/certs.d, containerd's registry hosts directory).
     #[arg(long = "insecure-registry", value_name = "HOST:PORT", value_parser = agent::registries::parse_host)]
     insecure_registries: Vec<String>,
+    /// The low-level runtime pods run with: auto (crun when installed and usable, else runc),
+    /// runc or crun. Ignored with --container-runtime-endpoint.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "runc", "crun"])]
+    default_runtime: String,
 }
 
 impl NodeArgs {
@@ -137,6 +141,7 @@ impl NodeArgs {
             pod_manifest_path: self.pod_manifest_path.clone(),
             eviction_hard: self.eviction_hard.clone(),
             insecure_registries: self.insecure_registries.clone(),
+            default_runtime: self.default_runtime.parse().unwrap_or_default(),
         }
     }
 }
