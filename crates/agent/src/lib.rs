@@ -170,6 +170,7 @@ pub async fn start(client: kube::Client, config: AgentConfig) -> Result<RunningA
         pods: Default::default(),
         tokens: Default::default(),
         stats: Default::default(),
+        starts: tokio::sync::Semaphore::new(pods::sandbox_concurrency()),
     });
     let server = server::serve(ctx.clone(), &config).await?;
     let node_settings = node::NodeSettings { kubelet_port: server.port, ..node_settings };
