@@ -384,6 +384,12 @@ fn a_node_under_pressure_reports_it_and_evicts_pods() {
         (memory && tainted).then_some(())
     });
     assert!(pressured.is_some(), "{}", server.ok(&["get", "node", "berth-test", "-o", "yaml"]));
+    // The kubelet tells the change on its Node, as upstream's does.
+    let told = eventually(Duration::from_secs(30), || {
+        let out = server.ok(&["get", "events", "--field-selector", "involvedObject.name=berth-test", "-o", r#"jsonpath={range .items[*]}{.reason}/{.source.component}/{.message}{"\n"}{end}"#]);
+        out.contains("NodeHasInsufficientMemory/kubelet/Node berth-test status is now: NodeHasInsufficientMemory").then_some(())
+    });
+    assert!(told.is_some(), "{}", server.ok(&["get", "events", "-o", "wide"]));
     // Placed on the node directly (the scheduler keeps pods off a node with the taint).
     server.ok(&["run", "victim", "--image=berth.dev/busybox:1", "--overrides", r#"{"spec":{"nodeName":"berth-test"}}"#, "--", "sleep", "3600"]);
     let p = wait_pod(&server, "victim", "Evicted", |p| phase(p) == "Failed" && p["status"]["reason"] == "Evicted");
