@@ -865,7 +865,9 @@ async fn pod_worker(ctx: Arc<Context>, uid: String, mut pod_rx: watch::Receiver<
     loop {
         let pod = pod_rx.borrow_and_update().clone();
         let wait = match pod {
-            Some(pod) => match sync_pod(&ctx, &pod, &mut state).await {
+            // Boxed: a sync's state machine is ~26 KB, and an idle worker (most of them, most
+            // of the time) need not carry it between syncs.
+            Some(pod) => match Box::pin(sync_pod(&ctx, &pod, &mut state)).await {
                 Ok(wait) => wait,
                 Err(error) => {
                     tracing::warn!(%error, pod = %format!("{}/{}", pod.namespace().unwrap_or_default(), pod.name_any()), "pod sync failed; retrying");
