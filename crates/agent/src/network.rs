@@ -41,6 +41,15 @@ fn nft_script(own: &str, all: &[String]) -> String {
     )
 }
 
+/// The bridge plugin's gateway for an IPv4 CIDR: its first address.
+fn gateway_of(cidr: &str) -> Option<String> {
+    let (network, length) = cidr.split_once('/')?;
+    let length: u32 = length.parse().ok().filter(|l| *l <= 30)?;
+    let network = u32::from(network.parse::<std::net::Ipv4Addr>().ok()?);
+    let mask = if length == 0 { 0 } else { u32::MAX << (32 - length) };
+    Some(std::net::Ipv4Addr::from((network & mask) + 1).to_string())
+}
+
 async fn run_command(program: &str, args: &[&str], input: Option<&str>) -> Result<(), String> {
     use tokio::io::AsyncWriteExt;
     let mut command = tokio::process::Command::new(program);
@@ -91,6 +100,17 @@ pub async fn run(client: Client, node_name: String, node_ip: String) {
                     routes.remove(&cidr);
                 }
                 if let Some(own) = own.first() {
+                    // The bridge's own route to the pod CIDR. It is the kernel's, made when the
+                    // bridge got its gateway address; but a bridge that outlived an earlier
+                    // cluster on this host (where another node had this CIDR, routed elsewhere)
+                    // keeps the address without the route, and the host could not reach its
+                    // own pods. Restoring it is a no-op when it is there.
+                    if let Some(gateway) = gateway_of(own) {
+                        let bridge = crate::node::BRIDGE;
+                        if let Err(error) = run_command("ip", &["route", "replace", own, "dev", bridge, "proto", "kernel", "scope", "link", "src", &gateway], None).await {
+                            tracing::debug!(%error, "the pod bridge has no gateway address yet");
+                        }
+                    }
                     let script = nft_script(own, &all);
                     if script != applied_script {
                         match run_command("nft", &["-f", "-"], Some(&script)).await {
@@ -109,6 +129,14 @@ pub async fn run(client: Client, node_name: String, node_ip: String) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gateway_is_the_first_address() {
+        assert_eq!(gateway_of("10.42.3.0/24").as_deref(), Some("10.42.3.1"));
+        assert_eq!(gateway_of("10.42.3.7/24").as_deref(), Some("10.42.3.1"));
+        assert_eq!(gateway_of("fd00::/64"), None);
+        assert_eq!(gateway_of("10.42.0.0/32"), None);
+    }
 
     #[test]
     fn masquerades_only_traffic_leaving_the_pod_networks() {

@@ -314,6 +314,8 @@ impl NodeAgent {
 }
 
 pub const CNI_CONFLIST: &str = "10-berth.conflist";
+/// The node's pod bridge (created by the CNI bridge plugin at the first sandbox).
+pub const BRIDGE: &str = "berth0";
 
 /// The pod network: a bridge per node with host-local addresses from the node's pod CIDR and
 /// the portmap plugin for hostPort, from Debian's containernetworking-plugins (routes between
@@ -326,7 +328,7 @@ pub fn write_cni_config(dir: &Path, pod_cidr: &str, data_dir: &Path) -> std::io:
         "plugins": [
             {
                 "type": "bridge",
-                "bridge": "berth0",
+                "bridge": BRIDGE,
                 "isGateway": true,
                 // Masquerading is one rule of the agent's (network.rs), not chains per pod.
                 "ipMasq": false,
