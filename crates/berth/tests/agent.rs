@@ -1,5 +1,6 @@
-//! The node agent on the real stack: `berth server` with its agent, its own containerd, runc and
-//! Debian's CNI plugins, driven with the real kubectl. Needs root and scripts/setup's packages.
+//! The node agent on the real stack: `berth server` with its agent, its own containerd, crun (or
+//! runc where crun cannot run) and Debian's CNI plugins, driven with the real kubectl. Needs root
+//! and scripts/setup's packages.
 //!
 //! Each test starts its own server; they run one at a time because every agent on the machine
 //! shares the host's `berth0` bridge and pod address range.
@@ -533,4 +534,74 @@ fn pods_get_service_account_tokens_that_authenticate_them() {
     server.ok(&["run", "no-token", "--image=berth.dev/busybox:1", "--overrides", r#"{"spec":{"automountServiceAccountToken":false}}"#, "--", "sleep", "3600"]);
     let p = pod(&server, "no-token");
     assert!(p["spec"].get("volumes").is_none_or(|v| v.as_array().is_some_and(|v| v.is_empty())), "{p}");
+}
+
+const LOCKED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: locked}
+spec:
+  restartPolicy: Never
+  securityContext: {runAsUser: 1000, runAsGroup: 3000}
+  initContainers:
+  - name: sidecar
+    image: berth.dev/busybox:1
+    restartPolicy: Always
+    command: ["sh", "-c", "echo sidecar was here > /cache/note; exec sleep 3600"]
+    volumeMounts: [{name: cache, mountPath: /cache}]
+  containers:
+  - name: main
+    image: berth.dev/busybox:1
+    command: ["sh", "-c", "echo uid=$(id -u) gid=$(id -g); touch /x 2>/dev/null && echo rootfs writable || echo rootfs read-only; grep -E '^(CapEff|NoNewPrivs)' /proc/self/status; echo cache on $(grep ' /cache ' /proc/mounts | cut -d' ' -f3); for i in 1 2 3 4 5; do [ -f /cache/note ] && break; sleep 1; done; cat /cache/note"]
+    securityContext:
+      readOnlyRootFilesystem: true
+      allowPrivilegeEscalation: false
+      capabilities: {drop: [ALL]}
+    volumeMounts: [{name: cache, mountPath: /cache}]
+  volumes:
+  - {name: cache, emptyDir: {medium: Memory}}
+"#;
+
+#[test]
+fn security_context_sidecars_memory_volumes_host_ports_and_deadlines() {
+    let server = server();
+    // Users, a read-only root, no capabilities, no privilege escalation; a sidecar started
+    // before the app container; an emptyDir in memory.
+    server.ok_stdin(&["apply", "-f", "-"], LOCKED);
+    let p = wait_pod(&server, "locked", "main finished", |p| !container_status(p, "main")["state"]["terminated"].is_null());
+    let logs = server.ok(&["logs", "locked", "-c", "main"]);
+    for expected in ["uid=1000 gid=3000", "rootfs read-only", "CapEff:\t0000000000000000", "NoNewPrivs:\t1", "cache on tmpfs", "sidecar was here"] {
+        assert!(logs.contains(expected), "{expected:?} not in the logs:\n{logs}");
+    }
+    let sidecar = p["status"]["initContainerStatuses"].as_array().and_then(|l| l.iter().find(|c| c["name"] == "sidecar").cloned()).unwrap_or_default();
+    let sidecar_started = sidecar["state"]["running"]["startedAt"].as_str().or(sidecar["state"]["terminated"]["startedAt"].as_str()).unwrap_or("").to_string();
+    let main_started = container_status(&p, "main")["state"]["terminated"]["startedAt"].as_str().unwrap_or("").to_string();
+    assert!(!sidecar_started.is_empty() && sidecar_started <= main_started, "sidecar {sidecar_started} before main {main_started}: {p}");
+
+    // runAsNonRoot with an image that runs as root: refused before it starts.
+    server.ok(&["run", "rootless", "--image=berth.dev/busybox:1", "--overrides", r#"{"spec":{"securityContext":{"runAsNonRoot":true}}}"#, "--", "sleep", "3600"]);
+    let p = wait_pod(&server, "rootless", "a configuration error", |p| container_status(p, "rootless")["state"]["waiting"]["reason"] == "CreateContainerConfigError");
+    let message = container_status(&p, "rootless")["state"]["waiting"]["message"].as_str().unwrap_or("").to_string();
+    assert!(message.contains("runAsNonRoot and image will run as root"), "{message}");
+
+    // A hostPort reaches the pod through the node's address (the CNI portmap plugin).
+    server.ok(&["run", "exposed", "--image=berth.dev/busybox:1", "--port=8080", "--overrides",
+        r#"{"spec":{"containers":[{"name":"exposed","image":"berth.dev/busybox:1","command":["httpd","-f","-p","8080"],"ports":[{"containerPort":8080,"hostPort":18080}]}]}}"#]);
+    wait_pod(&server, "exposed", "Running", |p| phase(p) == "Running");
+    let node_ip = server.get_json(&["node", "berth-test"])["status"]["addresses"].as_array().and_then(|a| a.iter().find(|a| a["type"] == "InternalIP").and_then(|a| a["address"].as_str().map(String::from))).unwrap_or_default();
+    let answered = eventually(Duration::from_secs(20), || {
+        use std::io::{Read, Write};
+        let mut stream = std::net::TcpStream::connect_timeout(&format!("{node_ip}:18080").parse().ok()?, Duration::from_secs(1)).ok()?;
+        stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+        stream.write_all(b"GET / HTTP/1.0\r\n\r\n").ok()?;
+        let mut reply = String::new();
+        let _ = stream.read_to_string(&mut reply);
+        reply.starts_with("HTTP/1.").then_some(reply)
+    });
+    assert!(answered.is_some(), "nothing answered on {node_ip}:18080");
+
+    // activeDeadlineSeconds: the agent stops the pod and fails it.
+    server.ok(&["run", "bounded", "--image=berth.dev/busybox:1", "--restart=Never", "--overrides", r#"{"spec":{"activeDeadlineSeconds":3}}"#, "--", "sleep", "3600"]);
+    let p = wait_pod(&server, "bounded", "DeadlineExceeded", |p| phase(p) == "Failed");
+    assert_eq!(p["status"]["reason"], "DeadlineExceeded", "{p}");
 }
