@@ -256,14 +256,21 @@ impl Server {
         if self.child.is_some() {
             let _ = self.kubectl(&["delete", "pods", "--all", "--all-namespaces", "--grace-period=0", "--force", "--wait=false"]);
             let _ = self.kubectl(&["delete", "deployments,replicasets,statefulsets,daemonsets,jobs", "--all", "--all-namespaces", "--wait=false"]);
+            // Containers too, not only tasks: a sandbox's network (its namespace, its pod IP on
+            // the shared bridge) goes only when the agent removes the sandbox, and a leftover
+            // would answer for an address the next test's pods get again.
             eventually(Duration::from_secs(30), || {
-                let tasks = self.ctr(&["tasks", "ls", "-q"]);
-                (tasks.status.success() && tasks.stdout.iter().all(|b| b.is_ascii_whitespace())).then_some(())
+                let empty = |what: &str| {
+                    let out = self.ctr(&[what, "ls", "-q"]);
+                    out.status.success() && out.stdout.iter().all(|b| b.is_ascii_whitespace())
+                };
+                (empty("tasks") && empty("containers")).then_some(())
             });
         }
+        // Whatever is left is killed and deleted, so no shim outlives its containerd.
         let tasks = String::from_utf8_lossy(&self.ctr(&["tasks", "ls", "-q"]).stdout).into_owned();
         for id in tasks.split_whitespace() {
-            let _ = self.ctr(&["tasks", "kill", "--signal", "SIGKILL", id]);
+            let _ = self.ctr(&["tasks", "delete", "--force", id]);
         }
     }
 }
