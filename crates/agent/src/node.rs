@@ -330,6 +330,10 @@ pub fn write_cni_config(dir: &Path, pod_cidr: &str, data_dir: &Path) -> std::io:
                 "type": "bridge",
                 "bridge": BRIDGE,
                 "isGateway": true,
+                // A bridge left with another CIDR's gateway (this host was another node of an
+                // earlier cluster) would otherwise fail every sandbox: the plugin refuses a
+                // second IPv4 address unless told to replace it.
+                "forceAddress": true,
                 // Masquerading is one rule of the agent's (network.rs), not chains per pod.
                 "ipMasq": false,
                 "hairpinMode": true,
