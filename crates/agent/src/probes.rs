@@ -1,13 +1,18 @@
-//! Startup, liveness and readiness probes (exec, httpGet, tcpSocket) with the upstream timing
-//! fields. Readiness feeds the Ready condition; a failed liveness or startup probe stops the
-//! container, and the pod worker restarts it under the restart policy.
+//! Startup, liveness and readiness probes (exec, httpGet over HTTP or HTTPS, tcpSocket, gRPC)
+//! with the upstream timing fields. Readiness feeds the Ready condition; a failed liveness or
+//! startup probe stops the container, and the pod worker restarts it under the restart policy.
 
 use std::collections::HashMap;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{Container, Pod, Probe};
+use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tonic::codegen::http::uri::PathAndQuery;
+use tonic::transport::Endpoint;
+use tonic_prost::ProstCodec;
 
 use crate::cri::api;
 use crate::pods::Context;
@@ -230,51 +235,418 @@ async fn execute(ctx: &Context, container: &Container, container_id: &str, probe
         };
     }
     if let Some(http) = &probe.http_get {
-        let port = resolve_port(container, &http.port)?;
-        let host = http.host.clone().filter(|h| !h.is_empty()).unwrap_or(default_host);
-        if http.scheme.as_deref() == Some("HTTPS") {
-            return Err("HTTPS probes are not supported by the berth agent yet".into());
-        }
-        let path = http.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
-        let mut headers = String::new();
-        let mut has_host = false;
-        let mut has_agent = false;
-        for header in http.http_headers.iter().flatten() {
-            has_host |= header.name.eq_ignore_ascii_case("host");
-            has_agent |= header.name.eq_ignore_ascii_case("user-agent");
-            headers.push_str(&format!("{}: {}\r\n", header.name, header.value));
-        }
-        if !has_host {
-            headers.push_str(&format!("Host: {host}:{port}\r\n"));
-        }
-        if !has_agent {
-            headers.push_str("User-Agent: kube-probe/1.33\r\n");
-        }
-        let request = format!("GET {path} HTTP/1.1\r\n{headers}Accept: */*\r\nConnection: close\r\n\r\n");
-        let attempt = async {
-            let mut stream = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("Get \"http://{host}:{port}{path}\": dial tcp: {e}"))?;
-            stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-            let mut head = vec![0u8; 512];
-            let mut filled = 0;
-            while filled < head.len() {
-                let n = stream.read(&mut head[filled..]).await.map_err(|e| e.to_string())?;
-                if n == 0 || head[..filled + n].windows(2).any(|w| w == b"\r\n") {
-                    filled += n;
-                    break;
-                }
-                filled += n;
-            }
-            let line = String::from_utf8_lossy(&head[..filled]).lines().next().unwrap_or("").to_string();
-            let code: u16 = line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("malformed HTTP response: {line:?}"))?;
-            if (200..400).contains(&code) { Ok(()) } else { Err(format!("HTTP probe failed with statuscode: {code}")) }
-        };
-        return match tokio::time::timeout(timeout, attempt).await {
-            Ok(result) => result,
-            Err(_) => Err(format!("Get \"http://{host}:{port}{path}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)")),
-        };
+        return http_get(container, http, &default_host, timeout).await;
     }
-    if probe.grpc.is_some() {
-        return Err("gRPC probes are not supported by the berth agent yet".into());
+    if let Some(grpc) = &probe.grpc {
+        let port = u16::try_from(grpc.port).map_err(|_| format!("invalid port {}", grpc.port))?;
+        // Upstream has no host field for gRPC: it always dials the pod IP.
+        return grpc_check(&default_host, port, grpc.service.as_deref().unwrap_or(""), timeout).await;
     }
     Err("the probe has no handler".into())
+}
+
+/// `host:port`, with IPv6 addresses bracketed (Go's `net.JoinHostPort`), for URLs, Host headers
+/// and gRPC targets.
+fn join_host_port(host: &str, port: u16) -> String {
+    if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
+}
+
+/// The kubelet's HTTP(S) prober: one GET; 200-399 succeed. Redirects are not followed, so a 3xx
+/// counts as success, as upstream's "probe terminated redirects" warning does.
+async fn http_get(container: &Container, http: &HTTPGetAction, default_host: &str, timeout: Duration) -> Result<(), String> {
+    let port = resolve_port(container, &http.port)?;
+    let host = http.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| default_host.to_string());
+    let https = http.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
+    let authority = join_host_port(&host, port);
+    let path = http.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
+    let url = format!("{}://{authority}{path}", if https { "https" } else { "http" });
+    let mut headers = String::new();
+    let mut has_host = false;
+    let mut has_agent = false;
+    for header in http.http_headers.iter().flatten() {
+        has_host |= header.name.eq_ignore_ascii_case("host");
+        has_agent |= header.name.eq_ignore_ascii_case("user-agent");
+        headers.push_str(&format!("{}: {}\r\n", header.name, header.value));
+    }
+    if !has_host {
+        headers.push_str(&format!("Host: {authority}\r\n"));
+    }
+    if !has_agent {
+        headers.push_str("User-Agent: kube-probe/1.33\r\n");
+    }
+    let request = format!("GET {path} HTTP/1.1\r\n{headers}Accept: */*\r\nConnection: close\r\n\r\n");
+    let attempt = async {
+        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("Get \"{url}\": dial tcp {authority}: {e}"))?;
+        let status = if https {
+            // SNI comes from the dialled host, not a Host header (as Go's client does); rustls,
+            // like Go, sends none for an IP address.
+            let name = ServerName::try_from(host.clone()).map_err(|e| format!("Get \"{url}\": {e}"))?;
+            let mut tls = tls_connector()?.connect(name, tcp).await.map_err(|e| format!("Get \"{url}\": {e}"))?;
+            read_status(&mut tls, &request).await
+        } else {
+            let mut tcp = tcp;
+            read_status(&mut tcp, &request).await
+        };
+        let code = status.map_err(|e| format!("Get \"{url}\": {e}"))?;
+        if (200..400).contains(&code) { Ok(()) } else { Err(format!("HTTP probe failed with statuscode: {code}")) }
+    };
+    match tokio::time::timeout(timeout, attempt).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)")),
+    }
+}
+
+/// Sends the request and returns the status code of the response's status line; the rest of the
+/// response is never needed.
+async fn read_status<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, request: &str) -> Result<u16, String> {
+    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
+    stream.flush().await.map_err(|e| e.to_string())?;
+    let mut head = vec![0u8; 512];
+    let mut filled = 0;
+    while filled < head.len() {
+        let n = stream.read(&mut head[filled..]).await.map_err(|e| e.to_string())?;
+        filled += n;
+        if n == 0 || head[..filled].windows(2).any(|w| w == b"\r\n") {
+            break;
+        }
+    }
+    let line = String::from_utf8_lossy(&head[..filled]).lines().next().unwrap_or("").to_string();
+    line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("malformed HTTP response: {line:?}"))
+}
+
+/// One client configuration for every HTTPS probe: building it loads the provider's algorithms,
+/// which is wasted work at every probe period.
+fn tls_connector() -> Result<tokio_rustls::TlsConnector, String> {
+    static CONFIG: OnceLock<Result<Arc<rustls::ClientConfig>, String>> = OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut config = rustls::ClientConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .map_err(|e| e.to_string())?
+            .dangerous()
+            .with_custom_certificate_verifier(Arc::new(crate::join::AcceptAnyServerCert(provider)))
+            .with_no_client_auth();
+        // The request is written as HTTP/1.1, so that is all we may offer.
+        config.alpn_protocols = vec![b"http/1.1".to_vec()];
+        Ok(Arc::new(config))
+    });
+    config.clone().map(tokio_rustls::TlsConnector::from)
+}
+
+/// grpc.health.v1.HealthCheckRequest, written by hand: two one-field messages do not warrant a
+/// build script and protoc.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct HealthCheckRequest {
+    #[prost(string, tag = "1")]
+    pub service: String,
+}
+
+/// grpc.health.v1.HealthCheckResponse; `status` is a `ServingStatus`.
+#[derive(Clone, PartialEq, prost::Message)]
+pub(crate) struct HealthCheckResponse {
+    #[prost(int32, tag = "1")]
+    pub status: i32,
+}
+
+pub(crate) const HEALTH_CHECK_PATH: &str = "/grpc.health.v1.Health/Check";
+const SERVING: i32 = 1;
+
+/// The enum's name as Go's generated `String()` prints it, which upstream's message quotes.
+fn serving_status_name(status: i32) -> String {
+    match status {
+        0 => "UNKNOWN".into(),
+        SERVING => "SERVING".into(),
+        2 => "NOT_SERVING".into(),
+        3 => "SERVICE_UNKNOWN".into(),
+        other => other.to_string(),
+    }
+}
+
+/// Go's rendering of a whole-second duration (`1s`, `1m30s`), as upstream's messages print it.
+fn go_duration(d: Duration) -> String {
+    let secs = d.as_secs();
+    match (secs / 3600, secs / 60 % 60, secs % 60) {
+        (0, 0, s) => format!("{s}s"),
+        (0, m, s) => format!("{m}m{s}s"),
+        (h, m, s) => format!("{h}h{m}m{s}s"),
+    }
+}
+
+/// The kubelet's gRPC prober: grpc.health.v1.Health/Check over plain-text HTTP/2; only SERVING
+/// succeeds. The messages are upstream's.
+async fn grpc_check(host: &str, port: u16, service: &str, timeout: Duration) -> Result<(), String> {
+    let addr = join_host_port(host, port);
+    let deadline = tokio::time::Instant::now() + timeout;
+    let within = go_duration(timeout);
+    let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        .and_then(|e| e.user_agent("kube-probe/1.33"))
+        .map_err(|e| format!("error: failed to connect service at {addr:?}: {e}"))?
+        .connect_timeout(timeout);
+    // Upstream dials with WithBlock and so retries a refused connection until the deadline; we
+    // fail at once with the cause, which says more than "context deadline exceeded" would.
+    let channel = match tokio::time::timeout_at(deadline, endpoint.connect()).await {
+        Err(_) => return Err(format!("timeout: failed to connect service {addr:?} within {within}: context deadline exceeded")),
+        Ok(Err(e)) => return Err(format!("error: failed to connect service at {addr:?}: {}", error_chain(&e))),
+        Ok(Ok(channel)) => channel,
+    };
+    let mut client = tonic::client::Grpc::new(channel);
+    let call = async {
+        client.ready().await.map_err(|e| tonic::Status::unavailable(error_chain(&e)))?;
+        let mut request = tonic::Request::new(HealthCheckRequest { service: service.to_string() });
+        // Sent as grpc-timeout, as Go's client derives it from the context's deadline.
+        request.set_timeout(deadline.saturating_duration_since(tokio::time::Instant::now()));
+        client.unary(request, PathAndQuery::from_static(HEALTH_CHECK_PATH), ProstCodec::<HealthCheckRequest, HealthCheckResponse>::default()).await
+    };
+    let response = match tokio::time::timeout_at(deadline, call).await {
+        Err(_) => return Err(format!("timeout: health rpc did not complete within {within}")),
+        Ok(Err(status)) => {
+            return Err(match status.code() {
+                tonic::Code::Unimplemented => format!("error: this server does not implement the grpc health protocol (grpc.health.v1.Health): {}", status.message()),
+                tonic::Code::DeadlineExceeded => format!("timeout: health rpc did not complete within {within}"),
+                // tonic enforces the grpc-timeout we send and reports its expiry as Cancelled,
+                // keeping only the message; Go reports its own deadline as DeadlineExceeded.
+                tonic::Code::Cancelled if status.message() == tonic::TimeoutExpired(()).to_string() => format!("timeout: health rpc did not complete within {within}"),
+                code => format!("error: health rpc probe failed: rpc error: code = {code:?} desc = {}", status.message()),
+            });
+        }
+        Ok(Ok(response)) => response.into_inner(),
+    };
+    if response.status == SERVING { Ok(()) } else { Err(format!("service unhealthy (responded with {:?})", serving_status_name(response.status))) }
+}
+
+/// An error with its sources: tonic's transport errors alone say only "transport error".
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use k8s_openapi::api::core::v1::HTTPHeader;
+    use tokio::net::TcpListener;
+    use tonic::codegen::{BoxFuture, Service, http};
+
+    use super::*;
+
+    fn container() -> Container {
+        Container { name: "app".into(), ..Default::default() }
+    }
+
+    fn https_get(host: Option<&str>, port: u16, path: &str, headers: &[(&str, &str)]) -> HTTPGetAction {
+        HTTPGetAction {
+            host: host.map(String::from),
+            port: IntOrString::Int(port.into()),
+            path: Some(path.into()),
+            scheme: Some("HTTPS".into()),
+            http_headers: Some(headers.iter().map(|(name, value)| HTTPHeader { name: name.to_string(), value: value.to_string() }).collect()),
+        }
+    }
+
+    /// What the TLS server saw of one request: the SNI name and the request head.
+    type Seen = Arc<Mutex<Vec<(Option<String>, String)>>>;
+
+    /// A TLS server on 127.0.0.1 with a self-signed certificate (which the prober must accept):
+    /// `/fail` answers 500, `/moved` 302, anything else 200.
+    async fn tls_server() -> (u16, Seen) {
+        let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).expect("certificate");
+        let key = rustls::pki_types::PrivateKeyDer::Pkcs8(certified.signing_key.serialize_der().into());
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("protocols")
+            .with_no_client_auth()
+            .with_single_cert(vec![certified.cert.der().clone()], key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let seen = Seen::default();
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let (acceptor, record) = (acceptor.clone(), record.clone());
+                tokio::spawn(async move {
+                    let Ok(mut tls) = acceptor.accept(tcp).await else { return };
+                    let sni = tls.get_ref().1.server_name().map(String::from);
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let status = match head.split_whitespace().nth(1) {
+                        Some("/fail") => "500 Internal Server Error",
+                        Some("/moved") => "302 Found\r\nLocation: /elsewhere",
+                        _ => "200 OK",
+                    };
+                    record.lock().expect("lock").push((sni, head));
+                    let _ = tls.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok").as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        (port, seen)
+    }
+
+    #[tokio::test]
+    async fn https_probes_skip_verification_and_follow_the_status_code_rules() {
+        let (port, seen) = tls_server().await;
+        let timeout = Duration::from_secs(5);
+        http_get(&container(), &https_get(None, port, "/healthz", &[]), "127.0.0.1", timeout).await.expect("a 200 over TLS succeeds");
+        {
+            let seen = seen.lock().expect("lock");
+            let (sni, head) = &seen[0];
+            assert_eq!(sni, &None, "no SNI for an IP address");
+            assert!(head.starts_with("GET /healthz HTTP/1.1\r\n"), "{head}");
+            assert!(head.contains(&format!("Host: 127.0.0.1:{port}\r\n")), "{head}");
+            assert!(head.contains("User-Agent: kube-probe/1.33\r\n"), "{head}");
+        }
+        let error = http_get(&container(), &https_get(None, port, "/fail", &[]), "127.0.0.1", timeout).await.expect_err("a 500 fails");
+        assert_eq!(error, "HTTP probe failed with statuscode: 500");
+        http_get(&container(), &https_get(None, port, "/moved", &[]), "127.0.0.1", timeout).await.expect("a redirect is not followed and counts as success");
+
+        // The probe's host gives the SNI name; a Host header replaces only the header.
+        http_get(&container(), &https_get(Some("localhost"), port, "/", &[("Host", "example.test"), ("X-Probe", "1")]), "10.255.255.1", timeout).await.expect("by name");
+        {
+            let seen = seen.lock().expect("lock");
+            let (sni, head) = seen.last().expect("a request");
+            assert_eq!(sni.as_deref(), Some("localhost"));
+            assert!(head.contains("Host: example.test\r\n") && !head.contains("Host: localhost"), "{head}");
+            assert!(head.contains("X-Probe: 1\r\n"), "{head}");
+        }
+
+        // A plain HTTP server is not an HTTPS one.
+        let plain = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let plain_port = plain.local_addr().expect("address").port();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = plain.accept().await {
+                let _ = tcp.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n").await;
+            }
+        });
+        let error = http_get(&container(), &https_get(None, plain_port, "/", &[]), "127.0.0.1", timeout).await.expect_err("no TLS");
+        assert!(error.starts_with(&format!("Get \"https://127.0.0.1:{plain_port}/\": ")), "{error}");
+        // And the plain server still passes an HTTP probe (the scheme is the only difference).
+        let mut plain_get = https_get(None, plain_port, "/", &[]);
+        plain_get.scheme = Some("HTTP".into());
+        http_get(&container(), &plain_get, "127.0.0.1", timeout).await.expect("plain HTTP");
+    }
+
+    /// grpc.health.v1.Health written by hand: SERVING for "", NOT_SERVING for "sick", NotFound
+    /// (as grpc-go's health server answers) for anything else.
+    #[derive(Clone)]
+    struct Health;
+
+    impl tonic::server::NamedService for Health {
+        const NAME: &'static str = "grpc.health.v1.Health";
+    }
+
+    struct Check;
+
+    impl tonic::server::UnaryService<HealthCheckRequest> for Check {
+        type Response = HealthCheckResponse;
+        type Future = BoxFuture<tonic::Response<HealthCheckResponse>, tonic::Status>;
+        fn call(&mut self, request: tonic::Request<HealthCheckRequest>) -> Self::Future {
+            let status = match request.into_inner().service.as_str() {
+                "" => Ok(SERVING),
+                "sick" => Ok(2),
+                _ => Err(tonic::Status::not_found("unknown service")),
+            };
+            Box::pin(async move { status.map(|status| tonic::Response::new(HealthCheckResponse { status })) })
+        }
+    }
+
+    impl Service<http::Request<tonic::body::Body>> for Health {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+            std::task::Poll::Ready(Ok(()))
+        }
+        fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+            Box::pin(async move {
+                if request.uri().path() == HEALTH_CHECK_PATH {
+                    Ok(tonic::server::Grpc::new(ProstCodec::<HealthCheckResponse, HealthCheckRequest>::default()).unary(Check, request).await)
+                } else {
+                    Ok(tonic::Status::unimplemented("").into_http())
+                }
+            })
+        }
+    }
+
+    /// A gRPC server with some other service only: the router answers Unimplemented.
+    #[derive(Clone)]
+    struct Other(Health);
+
+    impl tonic::server::NamedService for Other {
+        const NAME: &'static str = "example.Other";
+    }
+
+    impl Service<http::Request<tonic::body::Body>> for Other {
+        type Response = http::Response<tonic::body::Body>;
+        type Error = std::convert::Infallible;
+        type Future = BoxFuture<Self::Response, Self::Error>;
+        fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+            self.0.poll_ready(cx)
+        }
+        fn call(&mut self, request: http::Request<tonic::body::Body>) -> Self::Future {
+            self.0.call(request)
+        }
+    }
+
+    #[tokio::test]
+    async fn grpc_probes_call_the_health_service() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        tokio::spawn(tonic::transport::Server::builder().add_service(Health).serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)));
+        let timeout = Duration::from_secs(5);
+        grpc_check("127.0.0.1", port, "", timeout).await.expect("SERVING succeeds");
+        assert_eq!(grpc_check("127.0.0.1", port, "sick", timeout).await, Err("service unhealthy (responded with \"NOT_SERVING\")".into()));
+        let error = grpc_check("127.0.0.1", port, "other", timeout).await.expect_err("unknown service");
+        assert_eq!(error, "error: health rpc probe failed: rpc error: code = NotFound desc = unknown service");
+
+        let other = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let other_port = other.local_addr().expect("address").port();
+        tokio::spawn(tonic::transport::Server::builder().add_service(Other(Health)).serve_with_incoming(tonic::transport::server::TcpIncoming::from(other)));
+        let error = grpc_check("127.0.0.1", other_port, "", timeout).await.expect_err("no health service");
+        assert!(error.starts_with("error: this server does not implement the grpc health protocol (grpc.health.v1.Health): "), "{error}");
+
+        // Nothing listening: a failure, not a hang.
+        let closed = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let closed_port = closed.local_addr().expect("address").port();
+        drop(closed);
+        let error = grpc_check("127.0.0.1", closed_port, "", timeout).await.expect_err("refused");
+        assert!(error.starts_with(&format!("error: failed to connect service at \"127.0.0.1:{closed_port}\": ")), "{error}");
+
+        // A server that is not a gRPC health server, and one that never answers.
+        let silent = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let silent_port = silent.local_addr().expect("address").port();
+        tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((tcp, _)) = silent.accept().await {
+                held.push(tcp);
+            }
+        });
+        let error = grpc_check("127.0.0.1", silent_port, "", Duration::from_secs(1)).await.expect_err("silent");
+        assert!(error.starts_with("timeout: "), "{error}");
+        assert!(error.contains("within 1s"), "{error}");
+    }
+
+    #[test]
+    fn go_durations_and_host_ports_print_as_upstream() {
+        assert_eq!(go_duration(Duration::from_secs(1)), "1s");
+        assert_eq!(go_duration(Duration::from_secs(90)), "1m30s");
+        assert_eq!(go_duration(Duration::from_secs(3600)), "1h0m0s");
+        assert_eq!(join_host_port("fd00::5", 8080), "[fd00::5]:8080");
+        assert_eq!(join_host_port("10.0.0.5", 8080), "10.0.0.5:8080");
+    }
 }
