@@ -259,6 +259,11 @@ fn default_container(container: &mut Map<String, Value>) {
                 set_default(get, "path", json!("/"));
                 set_default(get, "scheme", json!("HTTP"));
             }
+            // Upstream's `+default=""` on GRPCAction.service: clients see the empty service,
+            // which the health protocol reads as "the server as a whole".
+            if let Some(Value::Object(grpc)) = p.get_mut("grpc") {
+                set_default(grpc, "service", json!(""));
+            }
         }
     }
 }
@@ -628,6 +633,20 @@ mod tests {
         assert!(validate(&def, &d, None).is_empty());
         d["spec"]["template"]["metadata"]["labels"]["app"] = json!("other");
         assert_eq!(validate(&def, &d, None)[0].field, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn probes_are_defaulted_like_upstream() {
+        let registry = Registry::new();
+        let def = registry.get("", "v1", "pods").unwrap();
+        let mut p = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [{"name": "c", "image": "busybox:1",
+            "livenessProbe": {"grpc": {"port": 9000}}, "readinessProbe": {"grpc": {"port": 9000, "service": "ready"}}, "startupProbe": {"httpGet": {"port": 80}}}]}});
+        apply_defaults(&def, &mut p);
+        let c = &p["spec"]["containers"][0];
+        assert_eq!(c["livenessProbe"], json!({"grpc": {"port": 9000, "service": ""}, "timeoutSeconds": 1, "periodSeconds": 10, "successThreshold": 1, "failureThreshold": 3}));
+        assert_eq!(c["readinessProbe"]["grpc"]["service"], "ready");
+        assert_eq!(c["startupProbe"]["httpGet"], json!({"port": 80, "path": "/", "scheme": "HTTP"}));
+        assert!(validate(&def, &p, None).is_empty(), "{:?}", validate(&def, &p, None));
     }
 
     #[test]
