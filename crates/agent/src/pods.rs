@@ -224,6 +224,13 @@ impl Context {
     }
 }
 
+/// Whether any container of the pod, init and ephemeral ones included, asks for `privileged`.
+fn has_privileged_container(spec: &k8s_openapi::api::core::v1::PodSpec) -> bool {
+    let privileged = |security: Option<&k8s_openapi::api::core::v1::SecurityContext>| security.and_then(|s| s.privileged).unwrap_or(false);
+    spec.containers.iter().chain(spec.init_containers.iter().flatten()).any(|c| privileged(c.security_context.as_ref()))
+        || spec.ephemeral_containers.iter().flatten().any(|c| privileged(c.security_context.as_ref()))
+}
+
 fn sandbox_config(ctx: &Context, pod: &Pod, attempt: u32) -> api::PodSandboxConfig {
     let spec = pod.spec.clone().unwrap_or_default();
     let uid = pod.uid().unwrap_or_default();
@@ -270,6 +277,9 @@ fn sandbox_config(ctx: &Context, pod: &Pod, attempt: u32) -> api::PodSandboxConf
                 run_as_user: pod_security.run_as_user.map(|value| api::Int64Value { value }),
                 run_as_group: pod_security.run_as_group.map(|value| api::Int64Value { value }),
                 supplemental_groups: pod_security.supplemental_groups.clone().unwrap_or_default(),
+                // containerd refuses a privileged container in an unprivileged sandbox; upstream
+                // makes the sandbox privileged when any container of the pod is.
+                privileged: has_privileged_container(&spec),
                 ..Default::default()
             }),
             sysctls: pod_security.sysctls.iter().flatten().map(|s| (s.name.clone(), s.value.clone())).collect(),

@@ -207,6 +207,44 @@ spec:
     assert!(events.contains("Liveness probe failed"), "{events}");
     assert!(events.contains("failed liveness probe, will be restarted"), "{events}");
 
+    // HTTPS and gRPC probes reach the pod IP; busybox httpd speaks neither TLS nor gRPC, so they
+    // fail (the unit tests in the agent's probes cover success). The API server accepts a gRPC
+    // probe and defaults its service as upstream does.
+    server.ok_stdin(
+        &["apply", "-f", "-"],
+        r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: probed}
+spec:
+  containers:
+  - name: web
+    image: berth.dev/busybox:1
+    command: ["httpd", "-f", "-p", "8080"]
+    readinessProbe:
+      httpGet: {port: 8080, scheme: HTTPS}
+      periodSeconds: 1
+  - name: rpc
+    image: berth.dev/busybox:1
+    command: ["httpd", "-f", "-p", "9090"]
+    readinessProbe:
+      grpc: {port: 9090}
+      periodSeconds: 1
+"#,
+    );
+    let p = wait_pod(&server, "probed", "Running", |p| phase(p) == "Running" && p["status"]["podIP"].is_string());
+    assert_eq!(p["spec"]["containers"][1]["readinessProbe"]["grpc"], serde_json::json!({"port": 9090, "service": ""}));
+    let ip = p["status"]["podIP"].as_str().unwrap_or_default().to_string();
+    let events = eventually(Duration::from_secs(30), || {
+        let events = server.ok(&["get", "events", "--field-selector", "involvedObject.name=probed", "-o", "jsonpath={range .items[*]}{.message}{\"\\n\"}{end}"]);
+        (events.contains(&format!("Readiness probe failed: Get \"https://{ip}:8080/\"")) && events.contains("Readiness probe failed: error: ")).then_some(events)
+    });
+    let p = pod(&server, "probed");
+    assert!(events.is_some(), "{}", server.ok(&["describe", "pod", "probed"]));
+    for name in ["web", "rpc"] {
+        assert_eq!(container_status(&p, name)["ready"], false, "{p}");
+    }
+
     // Upstream reasons for what cannot start.
     server.ok(&["run", "no-image", "--image=berth.dev/does-not-exist:1"]);
     let p = wait_pod(&server, "no-image", "an image pull error", |p| {
@@ -562,9 +600,47 @@ spec:
   - {name: cache, emptyDir: {medium: Memory}}
 "#;
 
+/// A privileged container next to an ordinary one in the same pod.
+const PRIVILEGED: &str = r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: privileged}
+spec:
+  restartPolicy: Never
+  containers:
+  - name: admin
+    image: berth.dev/busybox:1
+    command: ["sh", "-c", "grep -E '^CapEff' /proc/self/status; mkdir -p /mnt/t && mount -t tmpfs none /mnt/t && echo tmpfs mounted; ip link set lo mtu 9000 && echo lo mtu changed"]
+    securityContext: {privileged: true}
+  - name: plain
+    image: berth.dev/busybox:1
+    command: ["sh", "-c", "mkdir -p /mnt/t && mount -t tmpfs none /mnt/t 2>/dev/null && echo tmpfs mounted || echo mount refused"]
+"#;
+
+/// The test's (root's) effective capabilities as /proc shows them. A privileged container gets
+/// every capability its runtime holds, which is not always every bit up to cap_last_cap
+/// (a host may withhold some from root), so this is the mask to expect.
+fn host_cap_eff() -> String {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let line = status.lines().find(|l| l.starts_with("CapEff:")).unwrap_or_default().to_string();
+    assert!(line.len() > "CapEff:".len() && !line.ends_with("0000000000000000"), "the agent tests run as root: {line:?}");
+    line
+}
+
 #[test]
 fn security_context_sidecars_memory_volumes_host_ports_and_deadlines() {
     let server = server();
+    // privileged: every capability, mounts and network administration allowed; its neighbour
+    // in the (then privileged) sandbox stays unprivileged.
+    server.ok_stdin(&["apply", "-f", "-"], PRIVILEGED);
+    let p = wait_pod(&server, "privileged", "both containers finished", |p| ["admin", "plain"].iter().all(|c| !container_status(p, c)["state"]["terminated"].is_null()));
+    let logs = server.ok(&["logs", "privileged", "-c", "admin"]);
+    for expected in [host_cap_eff().as_str(), "tmpfs mounted", "lo mtu changed"] {
+        assert!(logs.contains(expected), "{expected:?} not in the logs:\n{logs}\n{p}");
+    }
+    let logs = server.ok(&["logs", "privileged", "-c", "plain"]);
+    assert!(logs.contains("mount refused"), "{logs}");
+
     // Users, a read-only root, no capabilities, no privilege escalation; a sidecar started
     // before the app container; an emptyDir in memory.
     server.ok_stdin(&["apply", "-f", "-"], LOCKED);
