@@ -261,10 +261,21 @@ pub fn slim_pod(pod: &mut Pod) {
     if let Some(annotations) = pod.metadata.annotations.as_mut() {
         annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
     }
+    if let Some(status) = pod.status.as_mut() {
+        shrink(&mut status.conditions);
+        shrink(&mut status.container_statuses);
+        shrink(&mut status.init_container_statuses);
+        shrink(&mut status.pod_ips);
+        shrink(&mut status.host_ips);
+    }
     let Some(spec) = pod.spec.as_mut() else { return };
     if let Some(volumes) = spec.volumes.as_mut() {
         volumes.retain(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some());
     }
+    shrink(&mut spec.volumes);
+    shrink(&mut spec.tolerations);
+    spec.containers.shrink_to_fit();
+    shrink(&mut spec.init_containers);
     for container in spec.containers.iter_mut().chain(spec.init_containers.iter_mut().flatten()) {
         container.env = None;
         container.env_from = None;
@@ -282,6 +293,17 @@ pub fn slim_pod(pod: &mut Pod) {
         container.working_dir = None;
     }
     spec.ephemeral_containers = None;
+}
+
+/// Gives back what a list does not use: JSON decoding grows vectors by doubling, and typed
+/// elements are large (a Volume is 3.2 KB, a Container 2.1 KB, a PodCondition 160 B), so the
+/// spare capacity of a pod's lists cost ~4 KB per cached pod; an emptied list is dropped.
+pub fn shrink<T>(list: &mut Option<Vec<T>>) {
+    match list {
+        Some(items) if items.is_empty() => *list = None,
+        Some(items) => items.shrink_to_fit(),
+        None => {}
+    }
 }
 
 impl<K: Resource> Cache<K> {

@@ -109,7 +109,11 @@ impl State {
     /// Applies a pod from the watch; returns whether the scheduling thread has new work.
     fn apply_pod(&mut self, mut pod: Pod, now: Instant) -> bool {
         slim(&mut pod);
-        let info = Arc::new(PodInfo::new(Arc::new(pod), &self.cluster.classes));
+        let mut info = PodInfo::new(Arc::new(pod), &self.cluster.classes);
+        if !info.node_name.is_empty() {
+            forget_containers(&mut info);
+        }
+        let info = Arc::new(info);
         if info.uid.is_empty() {
             return false;
         }
@@ -322,11 +326,39 @@ fn slim(pod: &mut Pod) {
             *container = kept;
         }
         spec.ephemeral_containers = None;
+        shrink(&mut spec.volumes);
+        shrink(&mut spec.tolerations);
+        spec.containers.shrink_to_fit();
+        shrink(&mut spec.init_containers);
     }
     if let Some(status) = pod.status.as_mut() {
         status.container_statuses = None;
         status.init_container_statuses = None;
         status.ephemeral_container_statuses = None;
+        shrink(&mut status.conditions);
+        shrink(&mut status.pod_ips);
+        shrink(&mut status.host_ips);
+    }
+}
+
+/// Gives back what a list does not use: JSON decoding grows vectors by doubling and typed
+/// elements are large (a Volume is 3.2 KB, a Container 2.1 KB), so spare capacity cost ~4 KB
+/// per held pod; an emptied list is dropped.
+fn shrink<T>(list: &mut Option<Vec<T>>) {
+    match list {
+        Some(items) if items.is_empty() => *list = None,
+        Some(items) => items.shrink_to_fit(),
+        None => {}
+    }
+}
+
+/// An assigned pod's requests and ports are already in its [`PodInfo`], and nothing reads its
+/// containers again (a bound pod's spec no longer changes where it fits), so the 2.1 KB typed
+/// container each holds is dropped from the cluster's copy of every running pod.
+fn forget_containers(info: &mut PodInfo) {
+    if let Some(spec) = Arc::get_mut(&mut info.pod).and_then(|pod| pod.spec.as_mut()) {
+        spec.containers = Vec::new();
+        spec.init_containers = None;
     }
 }
 
