@@ -7,6 +7,7 @@ mod images;
 
 // Under write load glibc malloc took a quarter of the server's CPU (arena locks, consolidation);
 // with mimalloc `berth bench api` creates 45% more ConfigMaps per second (4,800 -> 6,900/s).
+#[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
@@ -14,6 +15,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// constant for it). Purging freed pages at once instead of after 10 ms saves the node agent
 /// a few MiB of RSS; the API server keeps the default, because immediate purging cost it ~4%
 /// of its CPU in madvise calls and TLB shootdowns under load (`berth bench scheduler` profile).
+#[cfg(feature = "mimalloc")]
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
 use std::net::SocketAddr;
@@ -283,6 +285,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     let cli = Cli::parse();
+    #[cfg(feature = "mimalloc")]
     if matches!(cli.command, Command::Agent(_)) {
         // SAFETY: setting an option is thread-safe in mimalloc and takes plain integers.
         unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0) };
