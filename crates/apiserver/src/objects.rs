@@ -41,24 +41,67 @@ pub fn name(obj: &Value) -> &str {
 }
 
 /// Puts apiVersion, kind, metadata first and drops the resourceVersion, then serializes.
+///
+/// Serializes straight from `obj` (no reordered copy of the object) into a per-thread buffer,
+/// and keeps an exact-size copy: bytes serialized into a growing vector would keep its doubled
+/// capacity for as long as the object is stored, up to half of it unused.
 pub fn encode_for_storage(obj: &Value) -> Bytes {
-    let mut ordered = Map::with_capacity(obj.as_object().map_or(0, Map::len));
-    if let Some(fields) = obj.as_object() {
+    const KEPT_BUFFER: usize = 1 << 20;
+    thread_local! {
+        static BUFFER: std::cell::RefCell<Vec<u8>> = const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let empty = Map::new();
+    let fields = obj.as_object().unwrap_or(&empty);
+    BUFFER.with(|buffer| {
+        let mut buffer = buffer.borrow_mut();
+        buffer.clear();
+        // Serializing a map of JSON values cannot fail.
+        let _ = serde_json::to_writer(&mut *buffer, &StorageOrder(fields));
+        let bytes = Bytes::copy_from_slice(&buffer);
+        if buffer.capacity() > KEPT_BUFFER {
+            *buffer = Vec::new();
+        }
+        bytes
+    })
+}
+
+/// An object's fields in stored order: apiVersion, kind, metadata (without resourceVersion),
+/// then the rest as they come.
+struct StorageOrder<'a>(&'a Map<String, Value>);
+
+impl serde::Serialize for StorageOrder<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
         for key in ["apiVersion", "kind", "metadata"] {
-            if let Some(v) = fields.get(key) {
-                ordered.insert(key.to_string(), v.clone());
+            match self.0.get(key) {
+                Some(Value::Object(meta)) if key == "metadata" => map.serialize_entry(key, &WithoutResourceVersion(meta))?,
+                Some(value) => map.serialize_entry(key, value)?,
+                None => {}
             }
         }
-        for (k, v) in fields {
-            if !matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
-                ordered.insert(k.clone(), v.clone());
+        for (key, value) in self.0 {
+            if !matches!(key.as_str(), "apiVersion" | "kind" | "metadata") {
+                map.serialize_entry(key, value)?;
             }
         }
+        map.end()
     }
-    if let Some(Value::Object(meta)) = ordered.get_mut("metadata") {
-        meta.shift_remove("resourceVersion");
+}
+
+struct WithoutResourceVersion<'a>(&'a Map<String, Value>);
+
+impl serde::Serialize for WithoutResourceVersion<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in self.0 {
+            if key != "resourceVersion" {
+                map.serialize_entry(key, value)?;
+            }
+        }
+        map.end()
     }
-    Bytes::from(serde_json::to_vec(&Value::Object(ordered)).unwrap_or_default())
 }
 
 /// The stored bytes with `metadata.resourceVersion` set to `revision`.
