@@ -111,7 +111,7 @@ impl State {
         slim(&mut pod);
         let mut info = PodInfo::new(Arc::new(pod), &self.cluster.classes);
         if !info.node_name.is_empty() {
-            forget_containers(&mut info);
+            slim_assigned(&mut info);
         }
         let info = Arc::new(info);
         if info.uid.is_empty() {
@@ -352,11 +352,14 @@ fn shrink<T>(list: &mut Option<Vec<T>>) {
     }
 }
 
-/// An assigned pod's requests and ports are already in its [`PodInfo`], and nothing reads its
-/// containers again (a bound pod's spec no longer changes where it fits), so the 2.1 KB typed
-/// container each holds is dropped from the cluster's copy of every running pod.
-fn forget_containers(info: &mut PodInfo) {
-    if let Some(spec) = Arc::get_mut(&mut info.pod).and_then(|pod| pod.spec.as_mut()) {
+/// An assigned pod's requests, ports, start time and phase are already in its [`PodInfo`], and
+/// nothing reads its containers or status again (a bound pod's spec no longer changes where it
+/// fits; only a pending pod's PodScheduled condition is consulted), so the typed containers
+/// (2.1 KB each) and status (~1.2 KB) are dropped from the copy of every running pod.
+fn slim_assigned(info: &mut PodInfo) {
+    let Some(pod) = Arc::get_mut(&mut info.pod) else { return };
+    pod.status = None;
+    if let Some(spec) = pod.spec.as_mut() {
         spec.containers = Vec::new();
         spec.init_containers = None;
     }
