@@ -36,6 +36,9 @@ impl FieldValidation {
     }
 }
 
+/// Upstream's `maxNameGenerationCreateAttempts`: names tried for one create with generateName.
+const MAX_NAME_GENERATION_ATTEMPTS: usize = 8;
+
 /// Options common to every write.
 #[derive(Clone, Debug, Default)]
 pub struct WriteOptions {
@@ -268,6 +271,7 @@ impl Api {
         self.check_identity(def, namespace, &mut obj)?;
         let mut warnings = Vec::new();
         let mut obj = self.decode_typed(def, obj, opts.field_validation, &mut warnings)?;
+        let mut generated_from = None;
         {
             let meta = metadata_mut(&mut obj);
             if meta.get("resourceVersion").and_then(Value::as_str).is_some_and(|rv| !rv.is_empty()) {
@@ -276,6 +280,7 @@ impl Api {
             let has_name = meta.get("name").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
             if !has_name && let Some(prefix) = meta.get("generateName").and_then(Value::as_str).filter(|p| !p.is_empty()) {
                 let name = format!("{prefix}{}", objects::random_suffix(5));
+                generated_from = Some(prefix.to_string());
                 meta.insert("name".into(), json!(name));
             }
             meta.insert("uid".into(), json!(uuid::Uuid::new_v4().to_string()));
@@ -314,8 +319,23 @@ impl Api {
             }
             return Ok(Written { object: obj, warnings, created: true });
         }
-        let key = def.key(namespace, &name);
-        match self.store.create(&key, storage_bytes(def, &obj)).await {
+        let mut name = name;
+        let mut attempts = 1;
+        let created = loop {
+            let key = def.key(namespace, &name);
+            match self.store.create(&key, storage_bytes(def, &obj)).await {
+                // A generated name that is taken gets another suffix, as upstream's registry
+                // tries eight before giving up (a ReplicaSet's pods share one prefix, so with
+                // 27^5 suffixes collisions do happen in clusters of tens of thousands of pods).
+                Err(StoreError::AlreadyExists(_)) if attempts < MAX_NAME_GENERATION_ATTEMPTS && generated_from.is_some() => {
+                    attempts += 1;
+                    name = format!("{}{}", generated_from.as_deref().unwrap_or_default(), objects::random_suffix(5));
+                    metadata_mut(&mut obj).insert("name".into(), json!(name));
+                }
+                other => break other,
+            }
+        };
+        match created {
             Ok(kv) => {
                 metadata_mut(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
                 Ok(Written { object: obj, warnings, created: true })
@@ -710,4 +730,31 @@ fn deletion_due(obj: &Value) -> bool {
 /// Upstream lets PUT create these kinds (clients of leases and endpoints rely on it).
 fn allows_create_on_update(def: &ResourceDef) -> bool {
     matches!((def.group.as_str(), def.kind.as_str()), ("", "Endpoints") | ("coordination.k8s.io", "Lease") | ("", "Node"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn a_taken_generated_name_is_generated_again() {
+        let dir = std::env::temp_dir().join(format!("berth-api-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let store: Arc<dyn Store> = Arc::new(store::EmbeddedStore::open(store::EmbeddedOptions::new(dir.join("state.redb"))).expect("open store"));
+        let registry = Arc::new(Registry::new());
+        let openapi = Arc::new(crate::openapi_docs::OpenApiDocs::new(&registry));
+        let api = Api::new(store, registry.clone(), ServiceIps::new("10.43.0.0/16").expect("cidr"), openapi);
+        api.bootstrap().await.expect("bootstrap");
+        let def = registry.get("", "v1", "configmaps").expect("configmaps");
+        let config_map = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "taken-"}});
+        // The same seed draws the same suffix, so the second create first tries a taken name.
+        fastrand::seed(7);
+        let first = api.create(&def, Some("default"), config_map.clone(), &WriteOptions::default()).await.expect("first create");
+        fastrand::seed(7);
+        let second = api.create(&def, Some("default"), config_map, &WriteOptions::default()).await.expect("second create gets another name");
+        let (first, second) = (objects::name(&first.object).to_string(), objects::name(&second.object).to_string());
+        assert!(first.starts_with("taken-") && second.starts_with("taken-") && first.len() == second.len(), "{first} {second}");
+        assert_ne!(first, second);
+        let _ = std::fs::remove_dir_all(dir);
+    }
 }
