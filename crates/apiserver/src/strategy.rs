@@ -446,6 +446,16 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) 
                     causes.push(Cause::invalid(format!("{field}.ports[{j}].containerPort"), &json!(p), "must be between 1 and 65535, inclusive"));
                 }
             }
+            // Only sidecars (restartable init containers) may probe among init containers.
+            let sidecar = c.get("restartPolicy").and_then(Value::as_str) == Some("Always");
+            for probe in ["livenessProbe", "readinessProbe", "startupProbe"] {
+                let Some(value) = c.get(probe).filter(|v| !v.is_null()) else { continue };
+                if list == "initContainers" && !sidecar {
+                    causes.push(Cause::forbidden(format!("{field}.{probe}"), "may not be set for init containers without restartPolicy=Always"));
+                    continue;
+                }
+                validate_probe(value, probe, &format!("{field}.{probe}"), causes);
+            }
         }
     }
     if let Some(policy) = spec.get("restartPolicy").and_then(Value::as_str)
@@ -453,6 +463,101 @@ fn validate_pod_spec(spec: Option<&Value>, path: &str, causes: &mut Vec<Cause>) 
     {
         causes.push(Cause::unsupported(format!("{path}.restartPolicy"), &json!(policy), &["Always", "OnFailure", "Never"]));
     }
+}
+
+/// Upstream's probe validation: exactly one handler with a valid port, non-negative timings,
+/// a success threshold of 1 where only one success can count (liveness, startup).
+fn validate_probe(probe: &Value, kind: &str, path: &str, causes: &mut Vec<Cause>) {
+    let handlers: Vec<&str> = ["exec", "httpGet", "tcpSocket", "grpc"].into_iter().filter(|h| probe.get(*h).is_some_and(|v| !v.is_null())).collect();
+    match handlers.as_slice() {
+        [] => causes.push(Cause::required_because(path, "must specify a handler type")),
+        [_, extra @ ..] => {
+            for handler in extra {
+                causes.push(Cause::forbidden(format!("{path}.{handler}"), "may not specify more than 1 handler type"));
+            }
+        }
+    }
+    if let Some(exec) = probe.get("exec").filter(|v| !v.is_null())
+        && exec.get("command").and_then(Value::as_array).is_none_or(Vec::is_empty)
+    {
+        causes.push(Cause::required(format!("{path}.exec.command")));
+    }
+    if let Some(http) = probe.get("httpGet").filter(|v| !v.is_null()) {
+        validate_probe_port(http.get("port"), &format!("{path}.httpGet.port"), causes);
+        if let Some(scheme) = http.get("scheme").and_then(Value::as_str)
+            && !matches!(scheme, "HTTP" | "HTTPS")
+        {
+            causes.push(Cause::unsupported(format!("{path}.httpGet.scheme"), &json!(scheme), &["HTTP", "HTTPS"]));
+        }
+    }
+    if let Some(tcp) = probe.get("tcpSocket").filter(|v| !v.is_null()) {
+        validate_probe_port(tcp.get("port"), &format!("{path}.tcpSocket.port"), causes);
+    }
+    if let Some(grpc) = probe.get("grpc").filter(|v| !v.is_null()) {
+        let port = grpc.get("port").and_then(Value::as_i64).unwrap_or(0);
+        if !(1..=65535).contains(&port) {
+            causes.push(Cause::invalid(format!("{path}.grpc.port"), &json!(port), "must be between 1 and 65535, inclusive"));
+        }
+    }
+    for timing in ["initialDelaySeconds", "timeoutSeconds", "periodSeconds", "successThreshold", "failureThreshold"] {
+        if let Some(n) = probe.get(timing).and_then(Value::as_i64)
+            && n < 0
+        {
+            causes.push(Cause::invalid(format!("{path}.{timing}"), &json!(n), "must be greater than or equal to 0"));
+        }
+    }
+    if let Some(grace) = probe.get("terminationGracePeriodSeconds").and_then(Value::as_i64) {
+        if kind == "readinessProbe" {
+            causes.push(Cause::invalid(format!("{path}.terminationGracePeriodSeconds"), &json!(grace), "must not be set for readinessProbes"));
+        } else if grace <= 0 {
+            causes.push(Cause::invalid(format!("{path}.terminationGracePeriodSeconds"), &json!(grace), "must be greater than 0"));
+        }
+    }
+    if kind != "readinessProbe"
+        && let Some(threshold) = probe.get("successThreshold").and_then(Value::as_i64)
+        && threshold != 1
+    {
+        causes.push(Cause::invalid(format!("{path}.successThreshold"), &json!(threshold), "must be 1"));
+    }
+}
+
+/// A probe's port: a number from 1 to 65535 or a container port's name (an IANA service name).
+fn validate_probe_port(port: Option<&Value>, path: &str, causes: &mut Vec<Cause>) {
+    match port {
+        Some(Value::Number(n)) => {
+            let n = n.as_i64().unwrap_or(0);
+            if !(1..=65535).contains(&n) {
+                causes.push(Cause::invalid(path, &json!(n), "must be between 1 and 65535, inclusive"));
+            }
+        }
+        Some(Value::String(name)) => {
+            if let Some(problem) = port_name_problem(name) {
+                causes.push(Cause::invalid(path, &json!(name), problem));
+            }
+        }
+        _ => causes.push(Cause::required(path)),
+    }
+}
+
+/// Upstream's IsValidPortName: at most 15 lowercase letters, digits and dashes, at least one
+/// letter, no dash at either end and no two in a row.
+fn port_name_problem(name: &str) -> Option<&'static str> {
+    if name.is_empty() || name.len() > 15 {
+        return Some("must be no more than 15 characters");
+    }
+    if !name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-') {
+        return Some("must contain only alpha-numeric characters (a-z, 0-9), and hyphens (-)");
+    }
+    if name.contains("--") {
+        return Some("must not contain consecutive hyphens");
+    }
+    if !name.bytes().any(|b| b.is_ascii_lowercase()) {
+        return Some("must contain at least one letter (a-z)");
+    }
+    if name.starts_with('-') || name.ends_with('-') {
+        return Some("must not begin or end with a hyphen");
+    }
+    None
 }
 
 /// Upstream allows a running pod's spec to change only in a few places (images, active deadline,
@@ -633,6 +738,45 @@ mod tests {
         assert!(validate(&def, &d, None).is_empty());
         d["spec"]["template"]["metadata"]["labels"]["app"] = json!("other");
         assert_eq!(validate(&def, &d, None)[0].field, "spec.template.metadata.labels");
+    }
+
+    #[test]
+    fn probes_are_validated_like_upstream() {
+        let pod = |probes: Value| {
+            let mut container = json!({"name": "c", "image": "i"});
+            for (k, v) in probes.as_object().into_iter().flatten() {
+                container[k] = v.clone();
+            }
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": [container]}})
+        };
+        let fields = |pod: Value| -> Vec<(String, String)> {
+            let mut causes = Vec::new();
+            validate_pod_spec(pod.get("spec"), "spec", &mut causes);
+            causes.into_iter().map(|c| (c.field, c.message)).collect()
+        };
+        assert!(fields(pod(json!({"livenessProbe": {"httpGet": {"port": "http"}}, "readinessProbe": {"grpc": {"port": 9000}, "successThreshold": 3}}))).is_empty());
+        let problems = fields(pod(json!({
+            "livenessProbe": {"exec": {"command": ["true"]}, "tcpSocket": {"port": 80}, "successThreshold": 2},
+            "readinessProbe": {"periodSeconds": -1},
+            "startupProbe": {"httpGet": {"port": 70000, "scheme": "FTP"}, "terminationGracePeriodSeconds": 0},
+        })));
+        let expect = [
+            ("spec.containers[0].livenessProbe.tcpSocket", "may not specify more than 1 handler type"),
+            ("spec.containers[0].livenessProbe.successThreshold", "must be 1"),
+            ("spec.containers[0].readinessProbe", "must specify a handler type"),
+            ("spec.containers[0].readinessProbe.periodSeconds", "must be greater than or equal to 0"),
+            ("spec.containers[0].startupProbe.httpGet.port", "must be between 1 and 65535, inclusive"),
+            ("spec.containers[0].startupProbe.httpGet.scheme", "supported values"),
+            ("spec.containers[0].startupProbe.terminationGracePeriodSeconds", "must be greater than 0"),
+        ];
+        for (field, message) in expect {
+            assert!(problems.iter().any(|(f, m)| f == field && m.contains(message)), "{field}: {message} not in {problems:?}");
+        }
+        assert_eq!(problems.len(), expect.len(), "{problems:?}");
+        let bad_name = fields(pod(json!({"livenessProbe": {"tcpSocket": {"port": "No_Such"}}})));
+        assert_eq!(bad_name.len(), 1, "{bad_name:?}");
+        let init = json!({"spec": {"containers": [{"name": "c", "image": "i"}], "initContainers": [{"name": "i", "image": "i", "readinessProbe": {"tcpSocket": {"port": 1}}}]}});
+        assert!(fields(init)[0].1.contains("may not be set for init containers"));
     }
 
     #[test]
