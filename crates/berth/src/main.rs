@@ -274,6 +274,16 @@ async fn client_for(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client
     Ok(kube::Client::try_from(config_for(kubeconfig).await?)?)
 }
 
+/// A client configuration that names its component in User-Agent, as upstream's components do:
+/// the API server records a write without a fieldManager under that name (the part before the
+/// first `/`), so managedFields show `kube-controller-manager` rather than `unknown`.
+async fn component_config(kubeconfig: &std::path::Path, component: &str) -> anyhow::Result<kube::Config> {
+    let mut config = config_for(kubeconfig).await?;
+    let agent = format!("{component}/v{} ({}/{}) berth", env!("CARGO_PKG_VERSION"), std::env::consts::OS, std::env::consts::ARCH);
+    config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_str(&agent).context("user agent")?));
+    Ok(config)
+}
+
 async fn config_for(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Config> {
     let config = kube::config::Kubeconfig::read_from(kubeconfig).context("reading the admin kubeconfig")?;
     kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default()).await.context("loading the admin kubeconfig")
@@ -295,12 +305,12 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Server(args) => run_server(args).await,
             Command::Scheduler(args) => {
-                let client = client_for(&args.kubeconfig).await?;
+                let client = kube::Client::try_from(component_config(&args.kubeconfig, "kube-scheduler").await?)?;
                 scheduler::run(client, scheduler::SchedulerOptions::default()).await.context("scheduler")
             }
             Command::ControllerManager { client, node_monitor_grace_period, cluster_cidr } => {
                 let root_ca_pem = kubeconfig_ca(&client.kubeconfig)?;
-                let config = config_for(&client.kubeconfig).await?;
+                let config = component_config(&client.kubeconfig, "kube-controller-manager").await?;
                 run_controllers_as_leader(config, controllers::Options { node_monitor_grace_period, cluster_cidr, root_ca_pem }).await
             }
             Command::Agent(args) => {
@@ -358,7 +368,7 @@ async fn run_controllers_as_leader(config: kube::Config, options: controllers::O
 async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     let (running, store) = start_server(&args).await?;
     if !args.disable_controllers {
-        let config = config_for(&running.kubeconfig).await?;
+        let config = component_config(&running.kubeconfig, "kube-controller-manager").await?;
         let root_ca_pem = kubeconfig_ca(&running.kubeconfig)?;
         let options = controllers::Options { node_monitor_grace_period: args.node_monitor_grace_period, cluster_cidr: args.cluster_cidr.clone(), root_ca_pem };
         // Elected like the scheduler, so servers sharing one store (etcd) run one set of controllers.
@@ -372,7 +382,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         // The scheduler's watches and bindings get threads of their own: on the API server's
         // runtime they queued behind request handling under load (pod latency p50 35 s instead
         // of 0.4 s with 50,000 pods in `berth bench scheduler`).
-        let config = config_for(&running.kubeconfig).await?;
+        let config = component_config(&running.kubeconfig, "kube-scheduler").await?;
         std::thread::Builder::new().name("scheduler-rt".into()).spawn(move || {
             let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("scheduler-io").enable_all().build() {
                 Ok(runtime) => runtime,

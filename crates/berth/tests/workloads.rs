@@ -53,6 +53,10 @@ fn replicaset_keeps_its_count_adopts_and_reports() {
     let all = live_pods(&s, "app=web");
     assert!(all.iter().all(|p| p["metadata"]["ownerReferences"][0]["name"] == "web" && p["metadata"]["ownerReferences"][0]["controller"] == true), "{all:?}");
     assert!(all.iter().any(|p| p["metadata"]["name"] == "stray"));
+    // The controller manager is named in User-Agent, so its creates are owned by it, as upstream.
+    let created = all.iter().find(|p| p["metadata"]["name"] != "stray").unwrap()["metadata"]["name"].as_str().unwrap().to_string();
+    let managers = s.get_json(&["pod", &created, "--show-managed-fields"])["metadata"]["managedFields"].clone();
+    assert!(managers.as_array().is_some_and(|m| m.iter().any(|m| m["manager"] == "kube-controller-manager" && m["operation"] == "Update")), "{managers}");
     wait_for("status.replicas 3", || s.get_json(&["rs", "web"])["status"]["replicas"] == 3);
     wait_for("a SuccessfulCreate event", || {
         s.get_json(&["events", "--field-selector", "involvedObject.kind=ReplicaSet,involvedObject.name=web"])["items"]
