@@ -254,17 +254,39 @@ impl Server {
     /// namespaces, then kills whatever is left: containers outlive containerd in their shims.
     fn teardown_agent(&mut self) {
         if self.child.is_some() {
-            let _ = self.kubectl(&["delete", "pods", "--all", "--all-namespaces", "--grace-period=0", "--force", "--wait=false"]);
-            let _ = self.kubectl(&["delete", "deployments,replicasets,statefulsets,daemonsets,jobs", "--all", "--all-namespaces", "--wait=false"]);
+            // Workload controllers first: pods deleted while their ReplicaSet still exists are
+            // replaced, and a replacement whose sandbox was being created when the server stopped
+            // left its network namespace and pod IP behind (containerd sets up the network
+            // before it records the sandbox, so `ctr` showed nothing for a moment).
+            let _ = self.kubectl(&["delete", "deployments,replicasets,replicationcontrollers,statefulsets,daemonsets,jobs,cronjobs", "--all", "--all-namespaces", "--wait=false"]);
             // Containers too, not only tasks: a sandbox's network (its namespace, its pod IP on
             // the shared bridge) goes only when the agent removes the sandbox, and a leftover
             // would answer for an address the next test's pods get again.
-            eventually(Duration::from_secs(30), || {
+            let mut quiet_rounds = 0;
+            let mut round = 0;
+            eventually(Duration::from_secs(45), || {
+                if round % 10 == 0 {
+                    let _ = self.kubectl(&["delete", "pods", "--all", "--all-namespaces", "--grace-period=0", "--force", "--wait=false"]);
+                }
+                round += 1;
                 let empty = |what: &str| {
                     let out = self.ctr(&[what, "ls", "-q"]);
                     out.status.success() && out.stdout.iter().all(|b| b.is_ascii_whitespace())
                 };
-                (empty("tasks") && empty("containers")).then_some(())
+                // Mirror pods of static pods come back whatever is deleted; their containers keep
+                // `ctr` from ever being empty, so they wait out the timeout as before.
+                let pods_left = || {
+                    let listing = r#"jsonpath={range .items[*]}{.metadata.name}{"="}{.metadata.annotations.kubernetes\.io/config\.mirror}{"\n"}{end}"#;
+                    let out = self.kubectl(&["get", "pods", "--all-namespaces", "-o", listing]);
+                    !out.status.success() || String::from_utf8_lossy(&out.stdout).lines().any(|pod| pod.ends_with('='))
+                };
+                if empty("tasks") && empty("containers") && !pods_left() {
+                    quiet_rounds += 1;
+                } else {
+                    quiet_rounds = 0;
+                }
+                // Twice in a row: one look can fall between a sandbox's network and its record.
+                (quiet_rounds >= 2).then_some(())
             });
         }
         // Whatever is left is killed and deleted, so no shim outlives its containerd.
