@@ -777,7 +777,7 @@ async fn terminate(ctx: &Context, pod: &Pod, runtime: &PodRuntime, state: &mut P
     let runtime = runtime_state::inspect_pod(&ctx.cri, &uid).await?;
     // The final status: containers terminated (the API keeps it until the object is gone).
     let _ = report(ctx, pod, &runtime, state, false).await;
-    remove_pod_from_runtime(ctx, &runtime).await;
+    remove_pod_from_runtime(ctx, &runtime).await?;
     volumes::cleanup(&ctx.pods_dir, &uid).await;
     let _ = std::fs::remove_dir_all(ctx.pod_log_dir(pod));
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &pod.namespace().unwrap_or_default());
@@ -791,15 +791,25 @@ async fn terminate(ctx: &Context, pod: &Pod, runtime: &PodRuntime, state: &mut P
     Ok(())
 }
 
-async fn remove_pod_from_runtime(ctx: &Context, runtime: &PodRuntime) {
+/// Removes a pod's sandboxes (their network namespaces and pod IPs go with them) and
+/// containers. A failure is returned so the caller retries: a pod given up on here would keep
+/// its address on the bridge until the agent restarts.
+async fn remove_pod_from_runtime(ctx: &Context, runtime: &PodRuntime) -> Result<(), tonic::Status> {
+    // Already gone counts as done: CRI's stop and remove are idempotent, but not every
+    // runtime says so for an unknown id.
+    let done = |result: Result<(), tonic::Status>| match result {
+        Err(status) if status.code() != tonic::Code::NotFound => Err(status),
+        _ => Ok(()),
+    };
     let mut client = ctx.cri.runtime.clone();
     for sandbox in &runtime.sandboxes {
-        let _ = client.stop_pod_sandbox(api::StopPodSandboxRequest { pod_sandbox_id: sandbox.id.clone() }).await;
-        let _ = client.remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: sandbox.id.clone() }).await;
+        done(client.stop_pod_sandbox(api::StopPodSandboxRequest { pod_sandbox_id: sandbox.id.clone() }).await.map(drop))?;
+        done(client.remove_pod_sandbox(api::RemovePodSandboxRequest { pod_sandbox_id: sandbox.id.clone() }).await.map(drop))?;
     }
     for container in &runtime.containers {
-        let _ = client.remove_container(api::RemoveContainerRequest { container_id: container.id.clone() }).await;
+        done(client.remove_container(api::RemoveContainerRequest { container_id: container.id.clone() }).await.map(drop))?;
     }
+    Ok(())
 }
 
 async fn report(ctx: &Context, pod: &Pod, runtime: &PodRuntime, state: &mut PodState, sandbox_ready: bool) -> Result<(), SyncError> {
@@ -890,14 +900,18 @@ async fn pod_worker(ctx: Arc<Context>, uid: String, mut pod_rx: watch::Receiver<
                     Ok(runtime) => {
                         let dummy = Pod::default();
                         kill_containers(&ctx, &dummy, &runtime, Some(2)).await;
-                        remove_pod_from_runtime(&ctx, &runtime).await;
-                        volumes::cleanup(&ctx.pods_dir, &uid).await;
-                        if let Ok(entries) = std::fs::read_dir(&ctx.logs_dir) {
-                            for entry in entries.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(&format!("_{uid}"))) {
-                                let _ = std::fs::remove_dir_all(entry.path());
+                        match remove_pod_from_runtime(&ctx, &runtime).await {
+                            Err(status) => tracing::warn!(%status, %uid, "removing a removed pod's sandbox; retrying"),
+                            Ok(()) => {
+                                volumes::cleanup(&ctx.pods_dir, &uid).await;
+                                if let Ok(entries) = std::fs::read_dir(&ctx.logs_dir) {
+                                    for entry in entries.flatten().filter(|e| e.file_name().to_string_lossy().ends_with(&format!("_{uid}"))) {
+                                        let _ = std::fs::remove_dir_all(entry.path());
+                                    }
+                                }
+                                state.finished = true;
                             }
                         }
-                        state.finished = true;
                     }
                     Err(error) => {
                         tracing::warn!(%error, %uid, "cleaning up a removed pod; retrying");
