@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::{Container, HTTPGetAction, Pod, Probe};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use rustls::pki_types::ServerName;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use hyper_util::rt::TokioIo;
 use tonic::codegen::http::uri::PathAndQuery;
 use tonic::transport::Endpoint;
 use tonic_prost::ProstCodec;
@@ -152,7 +152,10 @@ async fn step(ctx: &Context, pod: &Pod, container: &Container, container_id: &st
     let success_threshold = probe.success_threshold.unwrap_or(1).max(1);
     let failure_threshold = probe.failure_threshold.unwrap_or(3).max(1);
     match result {
-        Ok(()) => {
+        Ok(warning) => {
+            if let Some(warning) = warning {
+                ctx.event(pod, Some(&container.name), "Warning", "ProbeWarning", format!("{} probe warning: {warning}", kind.name()));
+            }
             counter.failures = 0;
             counter.successes += 1;
             if counter.successes >= success_threshold { Outcome::Succeeded } else { Outcome::Wait(period) }
@@ -204,10 +207,11 @@ pub(crate) async fn run_handler(ctx: &Context, container: &Container, container_
         return Ok(());
     }
     let probe = Probe { exec: handler.exec.clone(), http_get: handler.http_get.clone(), tcp_socket: handler.tcp_socket.clone(), ..Default::default() };
-    execute(ctx, container, container_id, &probe, timeout, pod_ips).await
+    execute(ctx, container, container_id, &probe, timeout, pod_ips).await.map(|_warning| ())
 }
 
-async fn execute(ctx: &Context, container: &Container, container_id: &str, probe: &Probe, timeout: Duration, pod_ips: &[String]) -> Result<(), String> {
+/// Runs one probe: `Ok(Some(warning))` passes but is worth an event (upstream's probe.Warning).
+async fn execute(ctx: &Context, container: &Container, container_id: &str, probe: &Probe, timeout: Duration, pod_ips: &[String]) -> Result<Option<String>, String> {
     if let Some(exec) = &probe.exec {
         let request = api::ExecSyncRequest { container_id: container_id.to_string(), cmd: exec.command.clone().unwrap_or_default(), timeout: timeout.as_secs() as i64 };
         return match tokio::time::timeout(timeout + Duration::from_secs(1), ctx.cri.runtime.clone().exec_sync(request)).await {
@@ -216,7 +220,7 @@ async fn execute(ctx: &Context, container: &Container, container_id: &str, probe
             Ok(Ok(response)) => {
                 let response = response.into_inner();
                 if response.exit_code == 0 {
-                    Ok(())
+                    Ok(None)
                 } else {
                     let output = String::from_utf8_lossy(&response.stdout).into_owned() + &String::from_utf8_lossy(&response.stderr);
                     Err(format!("command {:?} exited with {}: {}", exec.command.clone().unwrap_or_default().join(" "), response.exit_code, output.trim()))
@@ -229,7 +233,7 @@ async fn execute(ctx: &Context, container: &Container, container_id: &str, probe
         let port = resolve_port(container, &tcp.port)?;
         let host = tcp.host.clone().filter(|h| !h.is_empty()).unwrap_or(default_host);
         return match tokio::time::timeout(timeout, tokio::net::TcpStream::connect((host.as_str(), port))).await {
-            Ok(Ok(_)) => Ok(()),
+            Ok(Ok(_)) => Ok(None),
             Ok(Err(error)) => Err(format!("dial tcp {host}:{port}: {error}")),
             Err(_) => Err(format!("dial tcp {host}:{port}: i/o timeout")),
         };
@@ -240,7 +244,7 @@ async fn execute(ctx: &Context, container: &Container, container_id: &str, probe
     if let Some(grpc) = &probe.grpc {
         let port = u16::try_from(grpc.port).map_err(|_| format!("invalid port {}", grpc.port))?;
         // Upstream has no host field for gRPC: it always dials the pod IP.
-        return grpc_check(&default_host, port, grpc.service.as_deref().unwrap_or(""), timeout).await;
+        return grpc_check(&default_host, port, grpc.service.as_deref().unwrap_or(""), timeout).await.map(|()| None);
     }
     Err("the probe has no handler".into())
 }
@@ -251,67 +255,225 @@ fn join_host_port(host: &str, port: u16) -> String {
     if host.contains(':') { format!("[{host}]:{port}") } else { format!("{host}:{port}") }
 }
 
-/// The kubelet's HTTP(S) prober: one GET; 200-399 succeed. Redirects are not followed, so a 3xx
-/// counts as success, as upstream's "probe terminated redirects" warning does.
-async fn http_get(container: &Container, http: &HTTPGetAction, default_host: &str, timeout: Duration) -> Result<(), String> {
-    let port = resolve_port(container, &http.port)?;
-    let host = http.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| default_host.to_string());
-    let https = http.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
-    let authority = join_host_port(&host, port);
-    let path = http.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
-    let url = format!("{}://{authority}{path}", if https { "https" } else { "http" });
-    let mut headers = String::new();
-    let mut has_host = false;
-    let mut has_agent = false;
-    for header in http.http_headers.iter().flatten() {
-        has_host |= header.name.eq_ignore_ascii_case("host");
-        has_agent |= header.name.eq_ignore_ascii_case("user-agent");
-        headers.push_str(&format!("{}: {}\r\n", header.name, header.value));
+/// Where one request of an HTTP(S) probe goes.
+#[derive(Clone, Debug, PartialEq)]
+struct Target {
+    https: bool,
+    /// The host name or address as dialled: IPv6 without brackets.
+    host: String,
+    port: u16,
+    /// `host:port` as written in the URL, which is also the default Host header.
+    authority: String,
+    /// Path and query.
+    path: String,
+}
+
+impl Target {
+    fn url(&self) -> String {
+        format!("{}://{}{}", if self.https { "https" } else { "http" }, self.authority, self.path)
     }
-    if !has_host {
-        headers.push_str(&format!("Host: {authority}\r\n"));
-    }
-    if !has_agent {
-        headers.push_str("User-Agent: kube-probe/1.33\r\n");
-    }
-    let request = format!("GET {path} HTTP/1.1\r\n{headers}Accept: */*\r\nConnection: close\r\n\r\n");
-    let attempt = async {
-        let tcp = tokio::net::TcpStream::connect((host.as_str(), port)).await.map_err(|e| format!("Get \"{url}\": dial tcp {authority}: {e}"))?;
-        let status = if https {
-            // SNI comes from the dialled host, not a Host header (as Go's client does); rustls,
-            // like Go, sends none for an IP address.
-            let name = ServerName::try_from(host.clone()).map_err(|e| format!("Get \"{url}\": {e}"))?;
-            let mut tls = tls_connector()?.connect(name, tcp).await.map_err(|e| format!("Get \"{url}\": {e}"))?;
-            read_status(&mut tls, &request).await
+
+    /// Resolves a redirect's Location against this URL, as a browser (and Go's client) does:
+    /// absolute, scheme-relative, absolute-path and relative references.
+    fn follow(&self, location: &str) -> Result<Target, String> {
+        let location = location.split('#').next().unwrap_or("");
+        let bad = |why: &str| format!("failed to parse Location header {location:?}: {why}");
+        if let Some((scheme, rest)) = scheme_of(location) {
+            let https = match scheme.to_ascii_lowercase().as_str() {
+                "http" => false,
+                "https" => true,
+                other => return Err(format!("unsupported protocol scheme {other:?}")),
+            };
+            return Self::absolute(https, rest).map_err(|e| bad(&e));
+        }
+        if let Some(rest) = location.strip_prefix("//") {
+            return Self::absolute(self.https, rest).map_err(|e| bad(&e));
+        }
+        let path = if location.starts_with('/') {
+            location.to_string()
+        } else if location.starts_with('?') {
+            format!("{}{location}", self.path.split('?').next().unwrap_or("/"))
         } else {
-            let mut tcp = tcp;
-            read_status(&mut tcp, &request).await
+            let base = self.path.split('?').next().unwrap_or("/");
+            format!("{}{location}", &base[..base.rfind('/').map_or(0, |i| i + 1)])
         };
-        let code = status.map_err(|e| format!("Get \"{url}\": {e}"))?;
-        if (200..400).contains(&code) { Ok(()) } else { Err(format!("HTTP probe failed with statuscode: {code}")) }
-    };
-    match tokio::time::timeout(timeout, attempt).await {
-        Ok(result) => result,
-        Err(_) => Err(format!("Get \"{url}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)")),
+        Ok(Target { path: remove_dot_segments(&path), ..self.clone() })
+    }
+
+    /// `authority[/path]` of an absolute URL.
+    fn absolute(https: bool, rest: &str) -> Result<Target, String> {
+        let split = rest.find(['/', '?']).unwrap_or(rest.len());
+        let (authority, path) = rest.split_at(split);
+        let parsed: hyper::http::uri::Authority = authority.parse().map_err(|e| format!("{e}"))?;
+        let host = parsed.host().trim_start_matches('[').trim_end_matches(']').to_string();
+        if host.is_empty() {
+            return Err("no host".into());
+        }
+        let port = parsed.port_u16().unwrap_or(if https { 443 } else { 80 });
+        let path = if path.starts_with('?') { format!("/{path}") } else if path.is_empty() { "/".into() } else { remove_dot_segments(path) };
+        Ok(Target { https, host, port, authority: authority.to_string(), path })
     }
 }
 
-/// Sends the request and returns the status code of the response's status line; the rest of the
-/// response is never needed.
-async fn read_status<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, request: &str) -> Result<u16, String> {
-    stream.write_all(request.as_bytes()).await.map_err(|e| e.to_string())?;
-    stream.flush().await.map_err(|e| e.to_string())?;
-    let mut head = vec![0u8; 512];
-    let mut filled = 0;
-    while filled < head.len() {
-        let n = stream.read(&mut head[filled..]).await.map_err(|e| e.to_string())?;
-        filled += n;
-        if n == 0 || head[..filled].windows(2).any(|w| w == b"\r\n") {
-            break;
+/// The scheme and the rest of an absolute URL; `None` for a relative reference.
+fn scheme_of(location: &str) -> Option<(&str, &str)> {
+    location.split_once("://").filter(|(scheme, _)| !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric() || "+-.".contains(c)))
+}
+
+/// RFC 3986's dot-segment removal on a path (the query, if any, is kept as it is).
+fn remove_dot_segments(path_and_query: &str) -> String {
+    let (path, query) = match path_and_query.split_once('?') {
+        Some((path, query)) => (path, Some(query)),
+        None => (path_and_query, None),
+    };
+    let mut out: Vec<&str> = Vec::new();
+    let segments: Vec<&str> = path.split('/').collect();
+    for (i, segment) in segments.iter().enumerate() {
+        let last = i + 1 == segments.len();
+        match *segment {
+            "." => {
+                if last {
+                    out.push("");
+                }
+            }
+            ".." => {
+                if out.len() > 1 {
+                    out.pop();
+                }
+                if last {
+                    out.push("");
+                }
+            }
+            other => out.push(other),
         }
     }
-    let line = String::from_utf8_lossy(&head[..filled]).lines().next().unwrap_or("").to_string();
-    line.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("malformed HTTP response: {line:?}"))
+    let mut path = out.join("/");
+    if !path.starts_with('/') {
+        path.insert(0, '/');
+    }
+    match query {
+        Some(query) => format!("{path}?{query}"),
+        None => path,
+    }
+}
+
+/// Redirects a probe follows before it gives up, as Go's client.
+const MAX_REDIRECTS: usize = 10;
+/// How much of a response body upstream keeps for its messages.
+const MAX_BODY: usize = 10 * 1024;
+
+/// The kubelet's HTTP(S) prober: a GET whose 2xx and 3xx answers pass. Redirects on the same
+/// host name are followed (up to ten, to any port or scheme); one to another host is not, and
+/// that 3xx passes with a warning carrying the body, as upstream's "Probe terminated redirects".
+/// `Ok(Some(warning))` is such a pass.
+async fn http_get(container: &Container, http: &HTTPGetAction, default_host: &str, timeout: Duration) -> Result<Option<String>, String> {
+    let port = resolve_port(container, &http.port)?;
+    let host = http.host.clone().filter(|h| !h.is_empty()).unwrap_or_else(|| default_host.to_string());
+    let https = http.scheme.as_deref().is_some_and(|s| s.eq_ignore_ascii_case("HTTPS"));
+    let path = http.path.clone().filter(|p| !p.is_empty()).unwrap_or_else(|| "/".into());
+    let path = if path.starts_with('/') { path } else { format!("/{path}") };
+    let first = Target { https, authority: join_host_port(&host, port), host, port, path };
+    let mut headers: Vec<(String, String)> = Vec::new();
+    let mut host_header = None;
+    for header in http.http_headers.iter().flatten() {
+        if header.name.eq_ignore_ascii_case("host") {
+            host_header = Some(header.value.clone());
+        } else {
+            headers.push((header.name.clone(), header.value.clone()));
+        }
+    }
+    if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("user-agent")) {
+        headers.push(("User-Agent".into(), "kube-probe/1.33".into()));
+    }
+    // An Accept header given empty means none at all; none given means */*.
+    if !headers.iter().any(|(name, _)| name.eq_ignore_ascii_case("accept")) {
+        headers.push(("Accept".into(), "*/*".into()));
+    }
+    headers.retain(|(name, value)| !(name.eq_ignore_ascii_case("accept") && value.is_empty()));
+    let walk = async {
+        let mut target = first.clone();
+        let mut host_header = host_header.filter(|h| *h != first.authority);
+        let mut hops = 0;
+        loop {
+            let url = target.url();
+            let response = send_get(&target, host_header.as_deref().unwrap_or(&target.authority), &headers).await.map_err(|e| format!("Get \"{url}\": {e}"))?;
+            let code = response.status().as_u16();
+            if !(200..400).contains(&code) {
+                return Err(format!("HTTP probe failed with statuscode: {code}"));
+            }
+            if code < 300 {
+                return Ok(None);
+            }
+            let location = response.headers().get(hyper::header::LOCATION).map(|l| String::from_utf8_lossy(l.as_bytes()).into_owned()).filter(|l| !l.is_empty());
+            let next = match location.filter(|_| matches!(code, 301 | 302 | 303 | 307 | 308)) {
+                Some(location) => Some((target.follow(&location).map_err(|e| format!("Get \"{url}\": {e}"))?, location)),
+                None => None,
+            };
+            match next {
+                Some((next, location)) if next.host == first.host => {
+                    hops += 1;
+                    if hops > MAX_REDIRECTS {
+                        return Err(format!("Get \"{}\": stopped after {MAX_REDIRECTS} redirects", next.url()));
+                    }
+                    // A Host header survives only a relative redirect (Go's client).
+                    if scheme_of(&location).is_some() || location.starts_with("//") {
+                        host_header = None;
+                    }
+                    target = next;
+                }
+                _ => {
+                    let body = read_body(response.into_body()).await;
+                    return Ok(Some(format!("Probe terminated redirects, Response body: {body}")));
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(timeout, walk).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("Get \"{}\": context deadline exceeded (Client.Timeout exceeded while awaiting headers)", first.url())),
+    }
+}
+
+/// One GET on a fresh connection (the kubelet keeps none alive); the body is left unread.
+async fn send_get(target: &Target, host_header: &str, headers: &[(String, String)]) -> Result<hyper::Response<hyper::body::Incoming>, String> {
+    let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port)).await.map_err(|e| format!("dial tcp {}: {e}", join_host_port(&target.host, target.port)))?;
+    let mut request = hyper::Request::get(target.path.as_str()).header(hyper::header::HOST, host_header);
+    for (name, value) in headers {
+        request = request.header(name.as_str(), value.as_str());
+    }
+    let request = request.header(hyper::header::CONNECTION, "close").body(http_body_util::Empty::<bytes::Bytes>::new()).map_err(|e| e.to_string())?;
+    let mut builder = hyper::client::conn::http1::Builder::new();
+    builder.title_case_headers(true);
+    if target.https {
+        // SNI comes from the dialled host, not a Host header (as Go's client does); rustls,
+        // like Go, sends none for an IP address.
+        let name = ServerName::try_from(target.host.clone()).map_err(|e| e.to_string())?;
+        let tls = tls_connector()?.connect(name, tcp).await.map_err(|e| e.to_string())?;
+        let (mut sender, connection) = builder.handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        sender.send_request(request).await.map_err(|e| e.to_string())
+    } else {
+        let (mut sender, connection) = builder.handshake(TokioIo::new(tcp)).await.map_err(|e| e.to_string())?;
+        tokio::spawn(connection);
+        sender.send_request(request).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Up to [`MAX_BODY`] bytes of a body, as text; a longer body is cut, a broken one ends early.
+async fn read_body(mut body: hyper::body::Incoming) -> String {
+    use http_body_util::BodyExt;
+    let mut kept = Vec::new();
+    while kept.len() < MAX_BODY {
+        match body.frame().await {
+            Some(Ok(frame)) => {
+                if let Some(data) = frame.data_ref() {
+                    kept.extend_from_slice(&data[..data.len().min(MAX_BODY - kept.len())]);
+                }
+            }
+            _ => break,
+        }
+    }
+    String::from_utf8_lossy(&kept).into_owned()
 }
 
 /// One client configuration for every HTTPS probe: building it loads the provider's algorithms,
@@ -431,6 +593,7 @@ mod tests {
     use std::sync::Mutex;
 
     use k8s_openapi::api::core::v1::HTTPHeader;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
     use tonic::codegen::{BoxFuture, Service, http};
 
@@ -513,7 +676,9 @@ mod tests {
         }
         let error = http_get(&container(), &https_get(None, port, "/fail", &[]), "127.0.0.1", timeout).await.expect_err("a 500 fails");
         assert_eq!(error, "HTTP probe failed with statuscode: 500");
-        http_get(&container(), &https_get(None, port, "/moved", &[]), "127.0.0.1", timeout).await.expect("a redirect is not followed and counts as success");
+        let moved = http_get(&container(), &https_get(None, port, "/moved", &[]), "127.0.0.1", timeout).await.expect("a redirect on the same host is followed");
+        assert_eq!(moved, None);
+        assert!(seen.lock().expect("lock").last().expect("a request").1.starts_with("GET /elsewhere HTTP/1.1\r\n"));
 
         // The probe's host gives the SNI name; a Host header replaces only the header.
         http_get(&container(), &https_get(Some("localhost"), port, "/", &[("Host", "example.test"), ("X-Probe", "1")]), "10.255.255.1", timeout).await.expect("by name");
@@ -539,6 +704,111 @@ mod tests {
         let mut plain_get = https_get(None, plain_port, "/", &[]);
         plain_get.scheme = Some("HTTP".into());
         http_get(&container(), &plain_get, "127.0.0.1", timeout).await.expect("plain HTTP");
+    }
+
+    /// A plain HTTP server on 127.0.0.1 that answers each request line's path from `routes`
+    /// (path, status line and extra headers, body); it records each request head.
+    async fn http_server(routes: &'static [(&'static str, &'static str, &'static str)]) -> (u16, Arc<Mutex<Vec<String>>>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let port = listener.local_addr().expect("address").port();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let record = seen.clone();
+        tokio::spawn(async move {
+            while let Ok((mut tcp, _)) = listener.accept().await {
+                let record = record.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.ends_with(b"\r\n\r\n") {
+                        match tcp.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
+                    record.lock().expect("lock").push(head);
+                    let (status, body) = routes.iter().find(|(p, _, _)| *p == path).map(|(_, status, body)| (*status, *body)).unwrap_or(("404 Not Found", ""));
+                    let status = status.replace("PORT", &port.to_string());
+                    let _ = tcp.write_all(format!("HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).as_bytes()).await;
+                    let _ = tcp.shutdown().await;
+                });
+            }
+        });
+        (port, seen)
+    }
+
+    fn http_get_action(path: &str, port: u16, headers: &[(&str, &str)]) -> HTTPGetAction {
+        HTTPGetAction { scheme: Some("HTTP".into()), ..https_get(None, port, path, headers) }
+    }
+
+    #[tokio::test]
+    async fn http_probes_follow_redirects_on_the_same_host_only() {
+        static ROUTES: &[(&str, &str, &str)] = &[
+            ("/start", "302 Found\r\nLocation: next/../hop", ""),
+            ("/hop", "301 Moved Permanently\r\nLocation: http://127.0.0.1:PORT/ok?x=1#frag", ""),
+            ("/ok?x=1", "200 OK", "fine"),
+            ("/away", "302 Found\r\nLocation: http://localhost:PORT/ok?x=1", "gone away"),
+            ("/nowhere", "302 Found", "no location"),
+            ("/loop", "307 Temporary Redirect\r\nLocation: /loop", ""),
+            ("/broken", "302 Found\r\nLocation: /fail", ""),
+            ("/fail", "503 Service Unavailable", ""),
+            ("/absolute", "302 Found\r\nLocation: //127.0.0.1:PORT/ok?x=1", ""),
+        ];
+        let (port, seen) = http_server(ROUTES).await;
+        let timeout = Duration::from_secs(5);
+        let probe = |path: &str, headers: &[(&str, &str)]| http_get_action(path, port, headers);
+
+        // A relative redirect keeps a Host header; an absolute one goes to the new URL's host.
+        let result = http_get(&container(), &probe("/start", &[("Host", "app.test"), ("X-Probe", "1")]), "127.0.0.1", timeout).await;
+        assert_eq!(result, Ok(None));
+        let heads: Vec<String> = std::mem::take(&mut *seen.lock().expect("lock"));
+        let lines: Vec<&str> = heads.iter().map(|h| h.lines().next().unwrap_or("")).collect();
+        assert_eq!(lines, ["GET /start HTTP/1.1", "GET /hop HTTP/1.1", "GET /ok?x=1 HTTP/1.1"]);
+        assert!(heads[1].contains("Host: app.test\r\n") && heads[1].contains("X-Probe: 1\r\n"), "{}", heads[1]);
+        assert!(heads[2].contains(&format!("Host: 127.0.0.1:{port}\r\n")) && heads[2].contains("X-Probe: 1\r\n"), "{}", heads[2]);
+        assert!(heads[2].contains("User-Agent: kube-probe/1.33\r\n") && heads[2].contains("Accept: */*\r\n"), "{}", heads[2]);
+
+        let result = http_get(&container(), &probe("/absolute", &[]), "127.0.0.1", timeout).await;
+        assert_eq!(result, Ok(None), "a scheme-relative redirect on the same host");
+
+        // Another host name (even for the same address) is not followed: a pass with a warning.
+        let result = http_get(&container(), &probe("/away", &[]), "127.0.0.1", timeout).await;
+        assert_eq!(result, Ok(Some("Probe terminated redirects, Response body: gone away".to_string())));
+        let result = http_get(&container(), &probe("/nowhere", &[]), "127.0.0.1", timeout).await;
+        assert_eq!(result, Ok(Some("Probe terminated redirects, Response body: no location".to_string())));
+
+        // The final answer decides, and a loop ends after ten redirects.
+        let result = http_get(&container(), &probe("/broken", &[]), "127.0.0.1", timeout).await;
+        assert_eq!(result, Err("HTTP probe failed with statuscode: 503".to_string()));
+        seen.lock().expect("lock").clear();
+        let result = http_get(&container(), &probe("/loop", &[]), "127.0.0.1", timeout).await;
+        assert_eq!(result, Err(format!("Get \"http://127.0.0.1:{port}/loop\": stopped after 10 redirects")));
+        assert_eq!(seen.lock().expect("lock").len(), 11, "the first request and ten redirects");
+
+        // An Accept header given empty is left out.
+        seen.lock().expect("lock").clear();
+        http_get(&container(), &probe("/ok?x=1", &[("Accept", "")]), "127.0.0.1", timeout).await.expect("200");
+        assert!(!seen.lock().expect("lock")[0].contains("Accept"), "no Accept header");
+    }
+
+    #[test]
+    fn redirect_locations_resolve_as_urls_do() {
+        let base = Target { https: false, host: "10.0.0.1".into(), port: 8080, authority: "10.0.0.1:8080".into(), path: "/a/b/c?q=1".into() };
+        let url = |location: &str| base.follow(location).map(|t| t.url());
+        assert_eq!(url("d").as_deref(), Ok("http://10.0.0.1:8080/a/b/d"));
+        assert_eq!(url("../d").as_deref(), Ok("http://10.0.0.1:8080/a/d"));
+        assert_eq!(url("./").as_deref(), Ok("http://10.0.0.1:8080/a/b/"));
+        assert_eq!(url("/x/./y/../z?k=v#f").as_deref(), Ok("http://10.0.0.1:8080/x/z?k=v"));
+        assert_eq!(url("?k=v").as_deref(), Ok("http://10.0.0.1:8080/a/b/c?k=v"));
+        assert_eq!(url("//other:81/p").as_deref(), Ok("http://other:81/p"));
+        assert_eq!(url("HTTPS://[::1]/p").as_deref(), Ok("https://[::1]/p"));
+        let v6 = base.follow("https://[::1]/p").expect("IPv6");
+        assert_eq!((v6.host.as_str(), v6.port), ("::1", 443));
+        assert_eq!(base.follow("http://host").map(|t| t.path).as_deref(), Ok("/"));
+        assert_eq!(url("ftp://host/file"), Err("unsupported protocol scheme \"ftp\"".to_string()));
+        assert!(url("http://bad host/").is_err_and(|e| e.starts_with("failed to parse Location header")));
+        assert_eq!(remove_dot_segments("/../../x"), "/x");
     }
 
     /// grpc.health.v1.Health written by hand: SERVING for "", NOT_SERVING for "sick", NotFound
