@@ -245,7 +245,10 @@ where
 /// stored ones, so a cached object can still be sent back).
 fn slim<K: Resource + 'static>(mut obj: K) -> K {
     obj.meta_mut().managed_fields = None;
-    if let Some(pod) = (&mut obj as &mut dyn std::any::Any).downcast_mut::<Pod>() {
+    let any = &mut obj as &mut dyn std::any::Any;
+    if let Some(pod) = any.downcast_mut::<crate::cached_pod::CachedPod>() {
+        pod.shrink();
+    } else if let Some(pod) = any.downcast_mut::<Pod>() {
         slim_pod(pod);
     }
     obj

@@ -20,6 +20,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use crate::cached_pod::CachedPod;
 use crate::cache::Cache;
 use crate::events::{self, Recorder};
 use crate::history::{self, EXPECTATION_TIMEOUT, Expectations, POD_REVISION_LABEL};
@@ -43,7 +44,7 @@ struct Ctx {
     client: Client,
     recorder: Recorder,
     sets: Cache<DaemonSet>,
-    pods: Cache<Pod>,
+    pods: Cache<CachedPod>,
     nodes: Cache<Node>,
     revisions: Cache<ControllerRevision>,
     expectations: Arc<Expectations>,
@@ -65,7 +66,7 @@ pub async fn run(client: Client) {
         }),
     );
     let (q, for_pods, exp) = (queue.clone(), sets.clone(), expectations.clone());
-    let pods = Cache::<Pod>::spawn(
+    let pods = Cache::<CachedPod>::spawn(
         Api::all(client.clone()),
         Box::new(move |old, new| {
             if let Some(pod) = new.or(old)
@@ -272,7 +273,7 @@ pub fn pin_to_node(affinity: Option<Affinity>, node: &str) -> Affinity {
 }
 
 /// The node a daemon pod is for: its nodeName once bound, else the node its affinity pins.
-pub fn target_node(pod: &Pod) -> Option<String> {
+pub fn target_node(pod: &CachedPod) -> Option<String> {
     let spec = pod.spec.as_ref()?;
     if let Some(name) = spec.node_name.as_ref().filter(|n| !n.is_empty()) {
         return Some(name.clone());
@@ -326,33 +327,33 @@ fn template_generation(ds: &DaemonSet) -> Option<String> {
 
 /// Whether `pod` was made from the current template (by revision hash, or by the template
 /// generation older controllers labelled pods with).
-fn is_updated(pod: &Pod, hash: &str, generation: Option<&str>) -> bool {
+fn is_updated(pod: &CachedPod, hash: &str, generation: Option<&str>) -> bool {
     let labels = pod.labels();
     (!hash.is_empty() && labels.get(POD_REVISION_LABEL).map(String::as_str) == Some(hash)) || generation.is_some_and(|g| labels.get(TEMPLATE_GENERATION_LABEL).map(String::as_str) == Some(g))
 }
 
-fn phase(pod: &Pod) -> &str {
+fn phase(pod: &CachedPod) -> &str {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
 }
 
-fn bound(pod: &Pod) -> bool {
+fn bound(pod: &CachedPod) -> bool {
     pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty())
 }
 
 /// Bound pods first, then oldest, then by name (upstream's podByCreationTimestampAndPhase).
-fn sort_oldest_first(pods: &mut [Arc<Pod>]) {
+fn sort_oldest_first(pods: &mut [Arc<CachedPod>]) {
     pods.sort_by(|a, b| {
-        let created = |p: &Pod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
+        let created = |p: &CachedPod| p.metadata.creation_timestamp.as_ref().map(|t| t.0);
         bound(b).cmp(&bound(a)).then_with(|| created(a).cmp(&created(b))).then_with(|| a.name_any().cmp(&b.name_any()))
     });
 }
 
 /// A node's live pods as (current, old), at most one of each.
-type Split = (Option<Arc<Pod>>, Option<Arc<Pod>>);
+type Split = (Option<Arc<CachedPod>>, Option<Arc<CachedPod>>);
 
 /// The one current and one old pod among a node's live pods, or `None` when there are more of
 /// either (the manage pass prunes those first).
-fn split_pods(pods: &[Arc<Pod>], hash: &str, generation: Option<&str>) -> Option<Split> {
+fn split_pods(pods: &[Arc<CachedPod>], hash: &str, generation: Option<&str>) -> Option<Split> {
     let (mut new, mut old) = (None, None);
     for pod in pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
         let slot = if is_updated(pod, hash, generation) { &mut new } else { &mut old };
@@ -410,10 +411,10 @@ async fn update_pods(ctx: &Ctx, key: &Key, ds: &DaemonSet, spec: &DaemonSetSpec,
 
 /// The set's pods (adopting and releasing as needed) by the node they are for. Terminal pods
 /// already being deleted are left out unless `with_finished`.
-async fn pods_by_node(ctx: &Ctx, ds: &DaemonSet, spec: &DaemonSetSpec, with_finished: bool) -> Result<HashMap<String, Vec<Arc<Pod>>>, SyncError> {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ds.namespace().unwrap_or_default());
-    let pods = history::claim(&api, &ctx.pods, ds, |p: &Pod| labels::matches(&spec.selector, p.labels())).await?;
-    let mut by_node: HashMap<String, Vec<Arc<Pod>>> = HashMap::new();
+async fn pods_by_node(ctx: &Ctx, ds: &DaemonSet, spec: &DaemonSetSpec, with_finished: bool) -> Result<HashMap<String, Vec<Arc<CachedPod>>>, SyncError> {
+    let api: Api<CachedPod> = Api::namespaced(ctx.client.clone(), &ds.namespace().unwrap_or_default());
+    let pods = history::claim(&api, &ctx.pods, ds, |p: &CachedPod| labels::matches(&spec.selector, p.labels())).await?;
+    let mut by_node: HashMap<String, Vec<Arc<CachedPod>>> = HashMap::new();
     for pod in pods {
         if !with_finished && matches!(phase(&pod), "Failed" | "Succeeded") && pod.metadata.deletion_timestamp.is_some() {
             continue;
@@ -431,7 +432,7 @@ async fn manage(ctx: &Ctx, key: &Key, ds: &DaemonSet, spec: &DaemonSetSpec, node
     let by_node = pods_by_node(ctx, ds, spec, false).await?;
     let surge = allows_surge(spec);
     let mut create_on: Vec<String> = Vec::new();
-    let mut delete: Vec<Arc<Pod>> = Vec::new();
+    let mut delete: Vec<Arc<CachedPod>> = Vec::new();
     for node in nodes {
         let node_name = node.name_any();
         let (should_run, should_continue) = node_should_run(node, ds);
@@ -445,7 +446,7 @@ async fn manage(ctx: &Ctx, key: &Key, ds: &DaemonSet, spec: &DaemonSetSpec, node
             delete.extend(pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()).cloned());
             continue;
         }
-        let mut running: Vec<Arc<Pod>> = Vec::new();
+        let mut running: Vec<Arc<CachedPod>> = Vec::new();
         for pod in pods.iter().filter(|p| p.metadata.deletion_timestamp.is_none()) {
             match phase(pod) {
                 "Failed" => {
@@ -556,7 +557,7 @@ fn pod_for_node(ds: &DaemonSet, template: &PodTemplateSpec, hash: &str, node: &s
 
 /// Deletes `delete` and creates a pod on each of `create_on`, at most BURST of each, creating in
 /// doubling batches so a template that cannot work fails once, not once per node.
-async fn sync_nodes(ctx: &Ctx, key: &Key, ds: &DaemonSet, spec: &DaemonSetSpec, delete: &[Arc<Pod>], create_on: &[String], hash: &str) -> Result<(), SyncError> {
+async fn sync_nodes(ctx: &Ctx, key: &Key, ds: &DaemonSet, spec: &DaemonSetSpec, delete: &[Arc<CachedPod>], create_on: &[String], hash: &str) -> Result<(), SyncError> {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &ds.namespace().unwrap_or_default());
     let mut first_error: Option<kube::Error> = None;
     let mut rest = &create_on[..create_on.len().min(BURST)];
@@ -640,14 +641,14 @@ async fn rolling_update(ctx: &Ctx, key: &Key, ds: &DaemonSet, spec: &DaemonSetSp
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let now = jiff::Timestamp::now();
     let generation = template_generation(ds);
-    let available = |p: &Pod| is_available(p, min_ready, now);
+    let available = |p: &CachedPod| is_available(p, min_ready, now);
     let mut names: Vec<&String> = by_node.keys().collect();
     names.sort();
 
     if max_surge == 0 {
         let mut unavailable = 0;
-        let mut replace: Vec<Arc<Pod>> = Vec::new();
-        let mut candidates: Vec<Arc<Pod>> = Vec::new();
+        let mut replace: Vec<Arc<CachedPod>> = Vec::new();
+        let mut candidates: Vec<Arc<CachedPod>> = Vec::new();
         for node in names {
             let Some((new, old)) = split_pods(&by_node[node], hash, generation.as_deref()) else {
                 unavailable += 1;
@@ -679,8 +680,8 @@ async fn rolling_update(ctx: &Ctx, key: &Key, ds: &DaemonSet, spec: &DaemonSetSp
 
     let node_objects: HashMap<String, &Arc<Node>> = nodes.iter().map(|n| (n.name_any(), n)).collect();
     let should_run = |node: &str| node_objects.get(node).is_some_and(|n| node_should_run(n, ds).0);
-    let mut delete: Vec<Arc<Pod>> = Vec::new();
-    let mut leaving: Vec<Arc<Pod>> = Vec::new();
+    let mut delete: Vec<Arc<CachedPod>> = Vec::new();
+    let mut leaving: Vec<Arc<CachedPod>> = Vec::new();
     let mut allowed: Vec<String> = Vec::new();
     let mut candidates: Vec<String> = Vec::new();
     let mut surging = 0;
@@ -842,7 +843,7 @@ pub struct Counts {
     pub updated: i32,
 }
 
-pub fn count(ds: &DaemonSet, nodes: &[Arc<Node>], by_node: &HashMap<String, Vec<Arc<Pod>>>, hash: &str, now: jiff::Timestamp) -> Counts {
+pub fn count(ds: &DaemonSet, nodes: &[Arc<Node>], by_node: &HashMap<String, Vec<Arc<CachedPod>>>, hash: &str, now: jiff::Timestamp) -> Counts {
     let min_ready = ds.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
     let generation = template_generation(ds);
     let mut c = Counts::default();
@@ -1014,7 +1015,7 @@ mod tests {
         let ds = daemon(json!({"affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "disk", "operator": "In", "values": ["ssd"]}]}]}}}}));
         let spec = ds.spec.clone().unwrap();
         let pod = pod_for_node(&ds, &spec.template, "abc", "node-1");
-        assert_eq!(target_node(&pod).as_deref(), Some("node-1"));
+        assert_eq!(target_node(&CachedPod::from(&pod)).as_deref(), Some("node-1"));
         let terms = &pod.spec.as_ref().unwrap().affinity.as_ref().unwrap().node_affinity.as_ref().unwrap().required_during_scheduling_ignored_during_execution.as_ref().unwrap().node_selector_terms;
         assert_eq!(terms.len(), 1, "the node's name replaces the template's terms");
         assert_eq!(pod.labels().get(POD_REVISION_LABEL).map(String::as_str), Some("abc"));
@@ -1022,7 +1023,7 @@ mod tests {
         assert_eq!(pod.owner_references()[0].kind, "DaemonSet");
         let mut bound = pod.clone();
         bound.spec.as_mut().unwrap().node_name = Some("node-2".into());
-        assert_eq!(target_node(&bound).as_deref(), Some("node-2"));
+        assert_eq!(target_node(&CachedPod::from(&bound)).as_deref(), Some("node-2"));
     }
 
     #[test]

@@ -5,13 +5,14 @@ use std::collections::BTreeSet;
 use std::time::Duration;
 
 use k8s_openapi::api::apps::v1::{Deployment, ReplicaSet, StatefulSet};
-use k8s_openapi::api::core::v1::{Pod, ReplicationController};
+use k8s_openapi::api::core::v1::ReplicationController;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use crate::cached_pod::CachedPod;
 use crate::labels;
 use crate::replicaset::ready_since;
 
@@ -32,7 +33,7 @@ pub async fn run(client: Client) {
 
 /// The replicas the pods' controllers want (upstream's "expected pods" for percentages and
 /// maxUnavailable): a ReplicaSet owned by a Deployment counts as the Deployment.
-async fn expected_from_controllers(client: &Client, ns: &str, pods: &[&Pod]) -> Option<i32> {
+async fn expected_from_controllers(client: &Client, ns: &str, pods: &[&CachedPod]) -> Option<i32> {
     let mut owners: BTreeSet<(String, String)> = BTreeSet::new();
     for pod in pods {
         let owner = pod.owner_references().iter().find(|o| o.controller == Some(true))?;
@@ -84,8 +85,8 @@ async fn sync(client: &Client, pdb: &PodDisruptionBudget) -> Result<(), kube::Er
     let ns = pdb.namespace().unwrap_or_default();
     let spec = pdb.spec.clone().unwrap_or_default();
     let selector = spec.selector.clone().unwrap_or_default();
-    let all = Api::<Pod>::namespaced(client.clone(), &ns).list(&ListParams::default()).await?.items;
-    let pods: Vec<&Pod> = all.iter().filter(|p| labels::matches(&selector, p.labels()) && p.metadata.deletion_timestamp.is_none()).collect();
+    let all = Api::<CachedPod>::namespaced(client.clone(), &ns).list(&ListParams::default()).await?.items;
+    let pods: Vec<&CachedPod> = all.iter().filter(|p| labels::matches(&selector, p.labels()) && p.metadata.deletion_timestamp.is_none()).collect();
     let healthy = pods.iter().filter(|p| ready_since(p).is_some()).count() as i32;
     let (expected, desired) = match (&spec.min_available, &spec.max_unavailable) {
         (Some(IntOrString::Int(n)), _) => (pods.len() as i32, *n),

@@ -7,13 +7,14 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Pod, Service, ServicePort};
+use k8s_openapi::api::core::v1::{EndpointAddress, EndpointPort, EndpointSubset, Endpoints, ObjectReference, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort as SlicePort, EndpointSlice};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::api::{Api, DeleteParams, PostParams};
 use kube::{Client, ResourceExt};
 
+use crate::cached_pod::CachedPod;
 use crate::cache::Cache;
 use crate::labels;
 use crate::replicaset::ready_since;
@@ -29,7 +30,7 @@ const MAX_ENDPOINTS_PER_SLICE: usize = 100;
 struct Ctx {
     client: Client,
     services: Cache<Service>,
-    pods: Cache<Pod>,
+    pods: Cache<CachedPod>,
     endpoints: Cache<Endpoints>,
     slices: Cache<EndpointSlice>,
     queue: WorkQueue<Key>,
@@ -51,7 +52,7 @@ pub async fn run(client: Client) {
     );
     let q = queue.clone();
     let for_pods = services.clone();
-    let pods = Cache::<Pod>::spawn(
+    let pods = Cache::<CachedPod>::spawn(
         Api::all(client.clone()),
         Box::new(move |old, new| {
             for pod in [old, new].into_iter().flatten() {
@@ -94,7 +95,7 @@ fn selector_of(svc: &Service) -> Option<BTreeMap<String, String>> {
 
 /// The container port a Service port points at on this pod: a number as is, a name looked up
 /// among the pod's container ports with the same protocol.
-fn target_port(port: &ServicePort, pod: &Pod) -> Option<i32> {
+fn target_port(port: &ServicePort, pod: &CachedPod) -> Option<i32> {
     let protocol = port.protocol.as_deref().unwrap_or("TCP");
     match port.target_port.as_ref() {
         None => Some(port.port),
@@ -113,7 +114,7 @@ struct Member {
     ports: Vec<(Option<String>, i32, String)>,
 }
 
-fn members(svc: &Service, pods: &[Arc<Pod>]) -> Vec<Member> {
+fn members(svc: &Service, pods: &[Arc<CachedPod>]) -> Vec<Member> {
     let spec = svc.spec.clone().unwrap_or_default();
     let publish_not_ready = spec.publish_not_ready_addresses == Some(true);
     let mut out = Vec::new();
@@ -161,7 +162,7 @@ async fn sync(ctx: &Ctx, key: &Key) -> Result<(), SyncError> {
         return Ok(());
     };
     let Some(selector) = selector_of(&svc) else { return Ok(()) };
-    let pods: Vec<Arc<Pod>> = ctx.pods.in_namespace(ns).into_iter().filter(|p| labels::matches_map(&selector, p.labels())).collect();
+    let pods: Vec<Arc<CachedPod>> = ctx.pods.in_namespace(ns).into_iter().filter(|p| labels::matches_map(&selector, p.labels())).collect();
     let members = members(&svc, &pods);
     write_endpoints(ctx, &svc, &members, &endpoints_api).await?;
     write_slices(ctx, &svc, &members, &slices_api).await

@@ -29,6 +29,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use crate::cached_pod::CachedPod;
 use crate::cache::Cache;
 use crate::events::Recorder;
 use crate::labels;
@@ -89,7 +90,7 @@ pub struct BackoffRecord {
 struct Ctx {
     client: Client,
     jobs: Cache<Job>,
-    pods: Cache<Pod>,
+    pods: Cache<CachedPod>,
     queue: WorkQueue<Work>,
     expectations: Mutex<HashMap<Key, Expectation>>,
     /// Uids of pods whose finalizer this controller removed and whose update the cache has not
@@ -145,7 +146,7 @@ pub async fn run(client: Client) {
     );
     let q = queue.clone();
     let jobs_for_pods = jobs.clone();
-    let pods = Cache::<Pod>::spawn(Api::all(client.clone()), Box::new(move |old, new| on_pod_change(&q, &jobs_for_pods, old, new)));
+    let pods = Cache::<CachedPod>::spawn(Api::all(client.clone()), Box::new(move |old, new| on_pod_change(&q, &jobs_for_pods, old, new)));
     jobs.synced().await;
     pods.synced().await;
     let recorder = Recorder::new(client.clone(), COMPONENT);
@@ -177,11 +178,11 @@ pub async fn run(client: Client) {
     .await;
 }
 
-fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
+fn controller_of(pod: &CachedPod) -> Option<&OwnerReference> {
     pod.metadata.owner_references.as_ref()?.iter().find(|o| o.controller == Some(true))
 }
 
-fn has_finalizer(pod: &Pod) -> bool {
+fn has_finalizer(pod: &CachedPod) -> bool {
     pod.finalizers().iter().any(|f| f == TRACKING_FINALIZER)
 }
 
@@ -195,7 +196,7 @@ fn resolve(jobs: &Cache<Job>, ns: &str, owner: &OwnerReference) -> Option<Arc<Jo
 
 /// A pod change wakes the Job that controls it, or for an orphan every Job that may adopt it;
 /// a finalizer no Job will remove any more is handed to the orphan path.
-fn on_pod_change(queue: &WorkQueue<Work>, jobs: &Cache<Job>, old: Option<&Pod>, new: Option<&Pod>) {
+fn on_pod_change(queue: &WorkQueue<Work>, jobs: &Cache<Job>, old: Option<&CachedPod>, new: Option<&CachedPod>) {
     for pod in [old, new].into_iter().flatten() {
         let ns = pod.namespace().unwrap_or_default();
         match controller_of(pod) {
@@ -270,15 +271,15 @@ fn managed_elsewhere(job: &Job) -> bool {
     job.spec.as_ref().and_then(|s| s.managed_by.as_deref()).is_some_and(|m| m != MANAGED_BY)
 }
 
-fn phase(pod: &Pod) -> &str {
+fn phase(pod: &CachedPod) -> &str {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
 }
 
-fn is_ready(pod: &Pod) -> bool {
+fn is_ready(pod: &CachedPod) -> bool {
     ready_since(pod).is_some()
 }
 
-fn is_terminating(pod: &Pod) -> bool {
+fn is_terminating(pod: &CachedPod) -> bool {
     pod.metadata.deletion_timestamp.is_some() && !matches!(phase(pod), "Succeeded" | "Failed")
 }
 
@@ -288,7 +289,7 @@ fn only_replace_failed(spec: &JobSpec) -> bool {
     spec.pod_replacement_policy.as_deref() == Some("Failed") || spec.pod_failure_policy.is_some()
 }
 
-fn is_pod_failed(pod: &Pod, spec: &JobSpec) -> bool {
+fn is_pod_failed(pod: &CachedPod, spec: &JobSpec) -> bool {
     if phase(pod) == "Failed" {
         return true;
     }
@@ -308,15 +309,15 @@ fn has_backoff_limit_per_index(spec: &JobSpec) -> bool {
 }
 
 /// The completion index a pod of an Indexed Job carries in its annotation.
-pub fn completion_index(pod: &Pod) -> Option<i32> {
+pub fn completion_index(pod: &CachedPod) -> Option<i32> {
     pod.annotations().get(COMPLETION_INDEX)?.parse::<i32>().ok().filter(|i| *i >= 0)
 }
 
-fn annotation_count(pod: &Pod, key: &str) -> i32 {
+fn annotation_count(pod: &CachedPod, key: &str) -> i32 {
     pod.annotations().get(key).and_then(|v| v.parse::<i32>().ok()).filter(|v| *v >= 0).unwrap_or(0)
 }
 
-fn valid_index(pod: &Pod, completions: i32) -> Option<i32> {
+fn valid_index(pod: &CachedPod, completions: i32) -> Option<i32> {
     completion_index(pod).filter(|i| *i < completions)
 }
 
@@ -477,7 +478,7 @@ pub struct PolicyMatch {
 /// Matches a failed pod against the rules in order; the first matching rule decides. Exit codes
 /// come from terminated containers (init containers after regular ones); a zero exit code never
 /// matches.
-pub fn match_pod_failure_policy(policy: Option<&PodFailurePolicy>, pod: &Pod) -> PolicyMatch {
+pub fn match_pod_failure_policy(policy: Option<&PodFailurePolicy>, pod: &CachedPod) -> PolicyMatch {
     let unmatched = PolicyMatch { fail_job: None, counts: true, action: None };
     let Some(policy) = policy else { return unmatched };
     let status = pod.status.clone().unwrap_or_default();
@@ -520,7 +521,7 @@ pub fn match_pod_failure_policy(policy: Option<&PodFailurePolicy>, pod: &Pod) ->
     unmatched
 }
 
-fn fail_job_message(spec: &JobSpec, pods: &[Arc<Pod>]) -> Option<String> {
+fn fail_job_message(spec: &JobSpec, pods: &[Arc<CachedPod>]) -> Option<String> {
     let policy = spec.pod_failure_policy.as_ref()?;
     pods.iter().filter(|p| is_pod_failed(p, spec)).find_map(|p| match_pod_failure_policy(Some(policy), p).fail_job)
 }
@@ -530,7 +531,7 @@ fn fail_job_message(spec: &JobSpec, pods: &[Arc<Pod>]) -> Option<String> {
 
 /// When a pod finished: its containers' latest finish, else when it stopped being ready, else
 /// when it was deleted, else its creation.
-pub fn finish_time(pod: &Pod) -> Timestamp {
+pub fn finish_time(pod: &CachedPod) -> Timestamp {
     let status = pod.status.as_ref();
     let containers = status.and_then(|s| s.container_statuses.as_deref()).unwrap_or_default();
     let from_containers = containers.iter().try_fold(None::<Timestamp>, |latest, cs| {
@@ -552,7 +553,7 @@ pub fn finish_time(pod: &Pod) -> Timestamp {
 
 /// The record after this sync's newly finished pods: a success resets the failure count except
 /// for failures that happened after the last success.
-pub fn next_backoff_record(old: BackoffRecord, new_succeeded: &[Arc<Pod>], new_failed: &[Arc<Pod>]) -> BackoffRecord {
+pub fn next_backoff_record(old: BackoffRecord, new_succeeded: &[Arc<CachedPod>], new_failed: &[Arc<CachedPod>]) -> BackoffRecord {
     let mut failed: Vec<Timestamp> = new_failed.iter().map(|p| finish_time(p)).collect();
     failed.sort();
     if new_succeeded.is_empty() {
@@ -659,7 +660,7 @@ fn delete_observed(ctx: &Ctx, key: &Key, name: &str) {
 }
 
 /// The uids whose finalizer removal the cache has not shown yet.
-fn pending_finalizer_removals(ctx: &Ctx, key: &Key, pods: &[Arc<Pod>]) -> HashSet<String> {
+fn pending_finalizer_removals(ctx: &Ctx, key: &Key, pods: &[Arc<CachedPod>]) -> HashSet<String> {
     let mut all = lock(&ctx.finalizer_removals);
     let Some(uids) = all.get_mut(key) else { return HashSet::new() };
     let still: HashSet<String> = pods.iter().filter(|p| has_finalizer(p)).filter_map(|p| p.uid()).collect();
@@ -685,8 +686,8 @@ fn forget(ctx: &Ctx, key: &Key) {
 
 /// Everything one sync learns about a Job before it writes (upstream's syncJobCtx).
 struct Tracking {
-    pods: Vec<Arc<Pod>>,
-    active_pods: Vec<Arc<Pod>>,
+    pods: Vec<Arc<CachedPod>>,
+    active_pods: Vec<Arc<CachedPod>>,
     finished: Option<JobCondition>,
     succeeded: i32,
     failed: i32,
@@ -699,7 +700,7 @@ struct Tracking {
     uncounted_failed: HashSet<String>,
     /// Per index, the failed pod whose deletion waits until its replacement carries its failure
     /// count (backoffLimitPerIndex).
-    delayed: HashMap<i32, Arc<Pod>>,
+    delayed: HashMap<i32, Arc<CachedPod>>,
     terminating: i32,
     ready: i32,
 }
@@ -748,7 +749,7 @@ async fn sync_job(ctx: &Ctx, key: &Key) -> Result<(), SyncError> {
     // Checked before the pods are read: a pod created after this check is seen next time.
     let satisfied = expectations_met(ctx, key);
     let pods = pods_for_job(ctx, &job).await;
-    let active_pods: Vec<Arc<Pod>> = pods.iter().filter(|p| is_active(p)).cloned().collect();
+    let active_pods: Vec<Arc<CachedPod>> = pods.iter().filter(|p| is_active(p)).cloned().collect();
     let expected_rm = pending_finalizer_removals(ctx, key, &pods);
     let mut t = Tracking {
         ready: active_pods.iter().filter(|p| is_ready(p)).count() as i32,
@@ -770,12 +771,12 @@ async fn sync_job(ctx: &Ctx, key: &Key) -> Result<(), SyncError> {
     let mut active = t.active_pods.len() as i32;
 
     // Finished pods not counted yet: they still carry the finalizer and are in no uncounted list.
-    let fresh = |p: &Arc<Pod>, uncounted: &HashSet<String>| -> bool {
+    let fresh = |p: &Arc<CachedPod>, uncounted: &HashSet<String>| -> bool {
         let uid = p.uid().unwrap_or_default();
         has_finalizer(p) && !uncounted.contains(&uid) && !t.expected_rm.contains(&uid) && (!indexed || valid_index(p, completions_n).is_some())
     };
-    let new_succeeded: Vec<Arc<Pod>> = t.pods.iter().filter(|p| fresh(p, &t.uncounted_succeeded) && phase(p) == "Succeeded").cloned().collect();
-    let new_failed: Vec<Arc<Pod>> = t.pods.iter().filter(|p| fresh(p, &t.uncounted_failed) && is_pod_failed(p, &spec)).cloned().collect();
+    let new_succeeded: Vec<Arc<CachedPod>> = t.pods.iter().filter(|p| fresh(p, &t.uncounted_succeeded) && phase(p) == "Succeeded").cloned().collect();
+    let new_failed: Vec<Arc<CachedPod>> = t.pods.iter().filter(|p| fresh(p, &t.uncounted_failed) && is_pod_failed(p, &spec)).cloned().collect();
     let counted_failures = new_failed.iter().filter(|p| match_pod_failure_policy(spec.pod_failure_policy.as_ref(), p).counts).count();
     let status = job.status.get_or_insert_with(Default::default);
     t.succeeded = status.succeeded.unwrap_or(0) + new_succeeded.len() as i32 + t.uncounted_succeeded.len() as i32;
@@ -896,7 +897,7 @@ async fn sync_job(ctx: &Ctx, key: &Key) -> Result<(), SyncError> {
 }
 
 /// With restartPolicy OnFailure failures show as container restarts of running pods.
-fn past_backoff_limit_on_failure(spec: &JobSpec, pods: &[Arc<Pod>]) -> bool {
+fn past_backoff_limit_on_failure(spec: &JobSpec, pods: &[Arc<CachedPod>]) -> bool {
     if spec.template.spec.as_ref().and_then(|s| s.restart_policy.as_deref()) != Some("OnFailure") {
         return false;
     }
@@ -917,7 +918,7 @@ fn past_active_deadline(job: &Job, now: Timestamp) -> bool {
     !is_suspended(job) && now.duration_since(start.0) >= SignedDuration::from_secs(deadline)
 }
 
-fn failed_indexes(job: &Job, spec: &JobSpec, pods: &[Arc<Pod>], per_index: i32, completions: i32) -> Intervals {
+fn failed_indexes(job: &Job, spec: &JobSpec, pods: &[Arc<CachedPod>], per_index: i32, completions: i32) -> Intervals {
     let prev = job.status.as_ref().and_then(|s| s.failed_indexes.clone()).map(|f| Intervals::parse(&f, completions)).unwrap_or_default();
     let mut new: Vec<i32> = pods.iter().filter(|p| has_finalizer(p) && is_index_failed(spec, p, per_index)).filter_map(|p| valid_index(p, completions)).collect();
     new.sort_unstable();
@@ -925,7 +926,7 @@ fn failed_indexes(job: &Job, spec: &JobSpec, pods: &[Arc<Pod>], per_index: i32, 
     prev.with_indexes(&new)
 }
 
-fn is_index_failed(spec: &JobSpec, pod: &Pod, per_index: i32) -> bool {
+fn is_index_failed(spec: &JobSpec, pod: &CachedPod, per_index: i32) -> bool {
     if !is_pod_failed(pod, spec) {
         return false;
     }
@@ -936,9 +937,9 @@ fn is_index_failed(spec: &JobSpec, pod: &Pod, per_index: i32) -> bool {
     m.counts && annotation_count(pod, INDEX_FAILURE_COUNT) >= per_index
 }
 
-fn delayed_deletions(spec: &JobSpec, t: &Tracking, completions: i32) -> HashMap<i32, Arc<Pod>> {
+fn delayed_deletions(spec: &JobSpec, t: &Tracking, completions: i32) -> HashMap<i32, Arc<CachedPod>> {
     let active: HashSet<i32> = t.active_pods.iter().filter_map(|p| completion_index(p)).collect();
-    let mut out: HashMap<i32, Arc<Pod>> = HashMap::new();
+    let mut out: HashMap<i32, Arc<CachedPod>> = HashMap::new();
     for pod in &t.pods {
         let uid = pod.uid().unwrap_or_default();
         if !has_finalizer(pod) || t.expected_rm.contains(&uid) || !is_pod_failed(pod, spec) {
@@ -948,7 +949,7 @@ fn delayed_deletions(spec: &JobSpec, t: &Tracking, completions: i32) -> HashMap<
         if t.succeeded_indexes.has(ix) || t.failed_indexes.as_ref().is_some_and(|f| f.has(ix)) || active.contains(&ix) {
             continue;
         }
-        let absolute = |p: &Pod| annotation_count(p, INDEX_FAILURE_COUNT) + annotation_count(p, INDEX_IGNORED_FAILURE_COUNT);
+        let absolute = |p: &CachedPod| annotation_count(p, INDEX_FAILURE_COUNT) + annotation_count(p, INDEX_IGNORED_FAILURE_COUNT);
         match out.get(&ix) {
             Some(prev) if !(absolute(prev) <= absolute(pod) && finish_time(pod) >= finish_time(prev)) => {}
             _ => {
@@ -961,7 +962,7 @@ fn delayed_deletions(spec: &JobSpec, t: &Tracking, completions: i32) -> HashMap<
 
 /// The Job's pods: those it controls and still selects, plus orphans it adopts (with the
 /// tracking finalizer added); pods it controls that no longer match are released.
-async fn pods_for_job(ctx: &Ctx, job: &Job) -> Vec<Arc<Pod>> {
+async fn pods_for_job(ctx: &Ctx, job: &Job) -> Vec<Arc<CachedPod>> {
     let ns = job.namespace().unwrap_or_default();
     let uid = job.uid().unwrap_or_default();
     let selector = selector_of(job);
@@ -1016,7 +1017,7 @@ fn release_pods_of_gone_job(ctx: &Ctx, ns: &str, name: &str) {
 }
 
 /// Upstream's ActivePods order: pods earlier in it are removed first.
-fn removal_rank(pod: &Pod) -> impl Ord + use<> {
+fn removal_rank(pod: &CachedPod) -> impl Ord + use<> {
     let assigned = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| !n.is_empty());
     let phase = match phase(pod) {
         "Unknown" => 1,
@@ -1031,12 +1032,12 @@ fn removal_rank(pod: &Pod) -> impl Ord + use<> {
 
 /// Active pods to delete: for Indexed Jobs first those without a valid index and duplicates of
 /// an index, then by rank until `at_least` are chosen.
-fn active_pods_for_removal(spec: &JobSpec, active: &[Arc<Pod>], at_least: usize) -> Vec<Arc<Pod>> {
-    let mut remove: Vec<Arc<Pod>> = Vec::new();
-    let mut left: Vec<Arc<Pod>> = Vec::new();
+fn active_pods_for_removal(spec: &JobSpec, active: &[Arc<CachedPod>], at_least: usize) -> Vec<Arc<CachedPod>> {
+    let mut remove: Vec<Arc<CachedPod>> = Vec::new();
+    let mut left: Vec<Arc<CachedPod>> = Vec::new();
     if is_indexed(spec) {
         let completions = spec.completions.unwrap_or(0);
-        let mut by_index: BTreeMap<i32, Vec<Arc<Pod>>> = BTreeMap::new();
+        let mut by_index: BTreeMap<i32, Vec<Arc<CachedPod>>> = BTreeMap::new();
         for pod in active {
             match valid_index(pod, completions) {
                 Some(ix) => by_index.entry(ix).or_default().push(pod.clone()),
@@ -1064,7 +1065,7 @@ fn active_pods_for_removal(spec: &JobSpec, active: &[Arc<Pod>], at_least: usize)
 
 /// Deletes active pods of a finishing Job, keeping their finalizers: the status tracking counts
 /// them and removes the finalizers. Returns (deleted ready, deleted, first error).
-async fn delete_active_pods(ctx: &Ctx, job: &Job, pods: &[Arc<Pod>]) -> (i32, i32, Option<SyncError>) {
+async fn delete_active_pods(ctx: &Ctx, job: &Job, pods: &[Arc<CachedPod>]) -> (i32, i32, Option<SyncError>) {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &job.namespace().unwrap_or_default());
     let results = futures_util::future::join_all(pods.iter().map(|pod| {
         let api = api.clone();
@@ -1094,7 +1095,7 @@ async fn delete_active_pods(ctx: &Ctx, job: &Job, pods: &[Arc<Pod>]) -> (i32, i3
 
 /// Deletes pods the Job no longer wants (suspended, too many), removing their finalizers first
 /// since they will never be counted. Returns (deleted ready, deleted, first error).
-async fn delete_job_pods(ctx: &Ctx, key: &Key, job: &Job, pods: &[Arc<Pod>]) -> (i32, i32, Option<SyncError>) {
+async fn delete_job_pods(ctx: &Ctx, key: &Key, job: &Job, pods: &[Arc<CachedPod>]) -> (i32, i32, Option<SyncError>) {
     let names: Vec<String> = pods.iter().map(|p| p.name_any()).collect();
     expect(ctx, key, &[], &names);
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.0);
@@ -1217,7 +1218,7 @@ async fn manage_job(ctx: &Ctx, key: &Key, job: &Job, spec: &JobSpec, t: &mut Tra
 
 /// The pod for one creation: the template with the Job's labels, the tracking finalizer and, for
 /// Indexed Jobs, the index annotation, label, hostname and `JOB_COMPLETION_INDEX`.
-pub fn pod_for(job: &Job, spec: &JobSpec, index: Option<i32>, replaced: Option<&Pod>) -> Pod {
+pub fn pod_for(job: &Job, spec: &JobSpec, index: Option<i32>, replaced: Option<&CachedPod>) -> Pod {
     let template = spec.template.clone();
     let meta = template.metadata.unwrap_or_default();
     let mut labels = meta.labels.unwrap_or_default();
@@ -1294,7 +1295,7 @@ fn add_index_env(container: &mut Container) {
 
 /// Creates one pod per entry of `indexes` in doubling batches (1, 2, 4, ...), stopping at the
 /// first failed batch so a template that cannot work fails once. Returns how many were created.
-async fn create_pods(ctx: &Ctx, key: &Key, job: &Job, spec: &JobSpec, indexes: &[Option<i32>], delayed: &HashMap<i32, Arc<Pod>>) -> (i32, Option<SyncError>) {
+async fn create_pods(ctx: &Ctx, key: &Key, job: &Job, spec: &JobSpec, indexes: &[Option<i32>], delayed: &HashMap<i32, Arc<CachedPod>>) -> (i32, Option<SyncError>) {
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.0);
     let mut created = 0;
     let mut rest = indexes;
@@ -1332,7 +1333,7 @@ async fn create_pods(ctx: &Ctx, key: &Key, job: &Job, spec: &JobSpec, indexes: &
 
 /// Whether a pod's finalizer may go: always once the Job is finishing or deleted, or when the
 /// pod succeeded; a failed pod unless its index still waits for a replacement.
-fn can_remove_finalizer(job: &Job, t: &Tracking, pod: &Arc<Pod>, failed: bool) -> bool {
+fn can_remove_finalizer(job: &Job, t: &Tracking, pod: &Arc<CachedPod>, failed: bool) -> bool {
     if job.metadata.deletion_timestamp.is_some() || t.finished.is_some() || phase(pod) == "Succeeded" {
         return true;
     }
@@ -1384,7 +1385,7 @@ async fn track_status_and_remove_finalizers(ctx: &Ctx, key: &Key, job: &mut Job,
     if clean_uncounted(job, &with_finalizer) {
         needs_flush = true;
     }
-    let mut to_remove: Vec<Arc<Pod>> = Vec::new();
+    let mut to_remove: Vec<Arc<CachedPod>> = Vec::new();
     let mut new_indexes: Vec<i32> = Vec::new();
     let mut reached_max = false;
     let pods = t.pods.clone();
@@ -1523,7 +1524,7 @@ fn record_finished(ctx: &Ctx, job: &Job, spec: &JobSpec, cond: &JobCondition) {
 
 /// Removes the tracking finalizer; returns the uids it is gone from (already deleted pods
 /// included) and the first error.
-async fn remove_finalizers(ctx: &Ctx, key: &Key, pods: &[Arc<Pod>]) -> (Vec<String>, Option<SyncError>) {
+async fn remove_finalizers(ctx: &Ctx, key: &Key, pods: &[Arc<CachedPod>]) -> (Vec<String>, Option<SyncError>) {
     let uids: Vec<String> = pods.iter().filter_map(|p| p.uid()).collect();
     lock(&ctx.finalizer_removals).entry(key.clone()).or_default().extend(uids);
     let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.0);
@@ -1660,8 +1661,8 @@ mod tests {
         assert_eq!(first_pending_indexes(&[], &succeeded, None, 1, 6), vec![1]);
     }
 
-    fn failed_pod(exit: &[(&str, i32)], conditions: &[(&str, &str)]) -> Pod {
-        Pod {
+    fn failed_pod(exit: &[(&str, i32)], conditions: &[(&str, &str)]) -> CachedPod {
+        CachedPod::from(Pod {
             metadata: ObjectMeta { name: Some("p".into()), namespace: Some("ns".into()), ..Default::default() },
             spec: None,
             status: Some(PodStatus {
@@ -1678,7 +1679,7 @@ mod tests {
                 conditions: Some(conditions.iter().map(|(t, s)| PodCondition { type_: t.to_string(), status: s.to_string(), ..Default::default() }).collect()),
                 ..Default::default()
             }),
-        }
+        })
     }
 
     fn rule(action: &str, codes: Option<(&str, Vec<i32>)>, conditions: &[(&str, &str)]) -> PodFailurePolicyRule {
@@ -1741,9 +1742,9 @@ mod tests {
         assert_eq!(match_success_policy(p, 10, &Intervals::parse("0-5", 10)).as_deref(), Some("Matched rules at index 0"));
     }
 
-    fn finished_at(secs: i64, phase: &str) -> Arc<Pod> {
+    fn finished_at(secs: i64, phase: &str) -> Arc<CachedPod> {
         let at = Timestamp::from_second(secs).unwrap();
-        Arc::new(Pod {
+        Arc::new(CachedPod::from(Pod {
             metadata: ObjectMeta::default(),
             spec: None,
             status: Some(PodStatus {
@@ -1755,7 +1756,7 @@ mod tests {
                 }]),
                 ..Default::default()
             }),
-        })
+        }))
     }
 
     #[test]
@@ -1812,7 +1813,7 @@ mod tests {
     fn indexed_removal_prefers_duplicates_and_invalid_indexes() {
         let spec = JobSpec { completion_mode: Some("Indexed".into()), completions: Some(3), ..Default::default() };
         let pod = |name: &str, ix: Option<&str>| {
-            Arc::new(Pod {
+            Arc::new(CachedPod {
                 metadata: ObjectMeta { name: Some(name.into()), annotations: ix.map(|i| BTreeMap::from([(COMPLETION_INDEX.to_string(), i.to_string())])), ..Default::default() },
                 ..Default::default()
             })

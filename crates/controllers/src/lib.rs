@@ -6,6 +6,7 @@
 //! each, named for the resource they reconcile.
 
 pub mod cache;
+pub mod cached_pod;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;

@@ -26,6 +26,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use crate::cached_pod::CachedPod;
 use crate::cache::Cache;
 use crate::events::Recorder;
 
@@ -41,7 +42,7 @@ const MONITOR_PERIOD: Duration = Duration::from_secs(2);
 pub async fn run(client: Client, grace_period: Duration) {
     let nodes = Cache::<Node>::spawn(Api::all(client.clone()), Box::new(|_, _| {}));
     let leases = Cache::<Lease>::spawn(Api::namespaced(client.clone(), LEASE_NAMESPACE), Box::new(|_, _| {}));
-    let pods = Cache::<Pod>::spawn(Api::all(client.clone()), Box::new(|_, _| {}));
+    let pods = Cache::<CachedPod>::spawn(Api::all(client.clone()), Box::new(|_, _| {}));
     nodes.synced().await;
     leases.synced().await;
     pods.synced().await;
@@ -169,7 +170,7 @@ fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
 }
 
 /// When a pod must leave a node with these NoExecute taints: `None` never, else the time.
-pub fn eviction_time(pod: &Pod, taints: &[Taint], now: jiff::Timestamp) -> Option<jiff::Timestamp> {
+pub fn eviction_time(pod: &CachedPod, taints: &[Taint], now: jiff::Timestamp) -> Option<jiff::Timestamp> {
     let tolerations = pod.spec.as_ref().and_then(|s| s.tolerations.clone()).unwrap_or_default();
     let mut due: Option<jiff::Timestamp> = None;
     for taint in taints.iter().filter(|t| t.effect == "NoExecute") {
@@ -197,7 +198,7 @@ pub fn eviction_time(pod: &Pod, taints: &[Taint], now: jiff::Timestamp) -> Optio
 /// much of upstream's timed eviction queue as it takes to tell when a deletion is called off.
 type Pending = HashMap<(String, String), String>;
 
-async fn evict(client: &Client, recorder: &Recorder, evictions: &Recorder, nodes: &Cache<Node>, pods: &Cache<Pod>, pending: &mut Pending, now: jiff::Timestamp) {
+async fn evict(client: &Client, recorder: &Recorder, evictions: &Recorder, nodes: &Cache<Node>, pods: &Cache<CachedPod>, pending: &mut Pending, now: jiff::Timestamp) {
     let tainted: HashMap<String, (Vec<Taint>, bool)> = nodes
         .all()
         .iter()
@@ -252,13 +253,13 @@ async fn evict(client: &Client, recorder: &Recorder, evictions: &Recorder, nodes
 /// Whether a pod whose eviction was scheduled has been spared: the same pod, not being deleted,
 /// on a node still there (`taints` is `None` for a node gone, whose pods the pod GC deletes), and
 /// no longer due to leave it at all. A pod evicted, deleted or replaced is not.
-fn spared(pod: &Pod, uid: &str, taints: Option<&[Taint]>, now: jiff::Timestamp) -> bool {
+fn spared(pod: &CachedPod, uid: &str, taints: Option<&[Taint]>, now: jiff::Timestamp) -> bool {
     let Some(taints) = taints else { return false };
     pod.uid().as_deref() == Some(uid) && pod.metadata.deletion_timestamp.is_none() && eviction_time(pod, taints, now).is_none()
 }
 
 /// Upstream's MarkPodsNotReady: a pod on a node that stopped reporting is not Ready.
-async fn mark_not_ready(api: &Api<Pod>, recorder: &Recorder, pod: &Arc<Pod>, now: jiff::Timestamp) {
+async fn mark_not_ready(api: &Api<Pod>, recorder: &Recorder, pod: &Arc<CachedPod>, now: jiff::Timestamp) {
     let conditions = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
     if !conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
         return;
@@ -285,7 +286,7 @@ async fn mark_not_ready(api: &Api<Pod>, recorder: &Recorder, pod: &Arc<Pod>, now
 mod tests {
     use super::*;
 
-    fn pod(tolerations: serde_json::Value) -> Pod {
+    fn pod(tolerations: serde_json::Value) -> CachedPod {
         serde_json::from_value(json!({"metadata": {"name": "p"}, "spec": {"containers": [], "tolerations": tolerations}})).unwrap()
     }
 

@@ -9,6 +9,7 @@ use k8s_openapi::api::core::v1::{Node, Pod};
 use kube::api::{Api, DeleteParams, Preconditions};
 use kube::{Client, ResourceExt};
 
+use crate::cached_pod::CachedPod;
 use crate::cache::Cache;
 
 const PERIOD: Duration = Duration::from_secs(10);
@@ -19,7 +20,7 @@ pub const TERMINATED_THRESHOLD: usize = 12_500;
 
 pub async fn run(client: Client) {
     let nodes = Cache::<Node>::spawn(Api::all(client.clone()), Box::new(|_, _| {}));
-    let pods = Cache::<Pod>::spawn(Api::all(client.clone()), Box::new(|_, _| {}));
+    let pods = Cache::<CachedPod>::spawn(Api::all(client.clone()), Box::new(|_, _| {}));
     nodes.synced().await;
     pods.synced().await;
     let mut missing_since: std::collections::HashMap<String, Instant> = std::collections::HashMap::new();

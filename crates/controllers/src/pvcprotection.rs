@@ -5,22 +5,23 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Pod};
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 use kube::api::{Api, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use crate::cached_pod::CachedPod;
 use crate::cache::Cache;
 use crate::workqueue::{WorkQueue, run_workers};
 
 pub const FINALIZER: &str = "kubernetes.io/pvc-protection";
 
-fn claims_of(pod: &Pod) -> impl Iterator<Item = String> + '_ {
+fn claims_of(pod: &CachedPod) -> impl Iterator<Item = String> + '_ {
     pod.spec.iter().flat_map(|s| s.volumes.iter().flatten()).filter_map(|v| v.persistent_volume_claim.as_ref().map(|c| c.claim_name.clone()))
 }
 
 /// Whether `pod` may have `claim` mounted: once scheduled and until it finished.
-fn uses(pod: &Pod, claim: &str) -> bool {
+fn uses(pod: &CachedPod, claim: &str) -> bool {
     let scheduled = pod.spec.as_ref().and_then(|s| s.node_name.as_deref()).is_some_and(|n| !n.is_empty());
     let finished = matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
     scheduled && !finished && claims_of(pod).any(|c| c == claim)
@@ -38,7 +39,7 @@ pub async fn run(client: Client) {
         }),
     );
     let q = queue.clone();
-    let pods = Cache::<Pod>::spawn(
+    let pods = Cache::<CachedPod>::spawn(
         Api::all(client.clone()),
         Box::new(move |old, new| {
             // A pod that stops using its claims (gone or finished) may free a deleted claim.
@@ -64,7 +65,7 @@ pub async fn run(client: Client) {
                 return;
             }
             // The informer may be behind a pod created a moment ago: ask the server, as upstream.
-            let live = Api::<Pod>::namespaced(client.clone(), &ns).list(&Default::default()).await;
+            let live = Api::<CachedPod>::namespaced(client.clone(), &ns).list(&Default::default()).await;
             match live {
                 Ok(list) if list.items.iter().any(|p| uses(p, &name)) => return,
                 Ok(_) => {}
@@ -96,7 +97,7 @@ mod tests {
 
     #[test]
     fn only_scheduled_unfinished_pods_hold_a_claim() {
-        let pod = |node: Option<&str>, phase: &str| -> Pod {
+        let pod = |node: Option<&str>, phase: &str| -> CachedPod {
             serde_json::from_value(json!({
                 "metadata": {"name": "p"},
                 "spec": {"nodeName": node, "containers": [], "volumes": [{"name": "v", "persistentVolumeClaim": {"claimName": "data"}}]},

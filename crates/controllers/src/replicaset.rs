@@ -17,6 +17,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use crate::cached_pod::CachedPod;
 use crate::cache::Cache;
 use crate::events::{self, Recorder};
 use crate::labels;
@@ -105,7 +106,7 @@ struct Ctx {
     client: Client,
     recorder: Recorder,
     replicasets: Owners,
-    pods: Cache<Pod>,
+    pods: Cache<CachedPod>,
     expectations: Mutex<HashMap<Key, Expectation>>,
     queue: WorkQueue<Key>,
 }
@@ -142,7 +143,7 @@ pub async fn run_replication_controllers(client: Client) {
 async fn run_with(client: Client, replicasets: Owners, queue: WorkQueue<Key>, rx: tokio::sync::mpsc::UnboundedReceiver<Key>) {
     let q = queue.clone();
     let rs_for_pods = replicasets.clone();
-    let pods = Cache::<Pod>::spawn(
+    let pods = Cache::<CachedPod>::spawn(
         Api::all(client.clone()),
         Box::new(move |old, new| {
             for pod in [old, new].into_iter().flatten() {
@@ -172,7 +173,7 @@ async fn run_with(client: Client, replicasets: Owners, queue: WorkQueue<Key>, rx
 
 /// A pod change wakes its controlling ReplicaSet, or for an orphan every ReplicaSet that may
 /// adopt it.
-fn enqueue_for_pod(queue: &WorkQueue<Key>, replicasets: &Owners, pod: &Pod) {
+fn enqueue_for_pod(queue: &WorkQueue<Key>, replicasets: &Owners, pod: &CachedPod) {
     let ns = pod.namespace().unwrap_or_default();
     match controller_of(pod) {
         Some(owner) if owner.kind == replicasets.kind().1 => queue.add((ns, owner.name.clone())),
@@ -188,22 +189,22 @@ fn enqueue_for_pod(queue: &WorkQueue<Key>, replicasets: &Owners, pod: &Pod) {
     }
 }
 
-fn controller_of(pod: &Pod) -> Option<&OwnerReference> {
+fn controller_of(pod: &CachedPod) -> Option<&OwnerReference> {
     pod.metadata.owner_references.as_ref()?.iter().find(|o| o.controller == Some(true))
 }
 
-pub(crate) fn is_active(pod: &Pod) -> bool {
+pub(crate) fn is_active(pod: &CachedPod) -> bool {
     let phase = pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("");
     pod.metadata.deletion_timestamp.is_none() && phase != "Succeeded" && phase != "Failed"
 }
 
-pub(crate) fn ready_since(pod: &Pod) -> Option<jiff::Timestamp> {
+pub(crate) fn ready_since(pod: &CachedPod) -> Option<jiff::Timestamp> {
     let condition = pod.status.as_ref()?.conditions.as_ref()?.iter().find(|c| c.type_ == "Ready" && c.status == "True")?;
     Some(condition.last_transition_time.as_ref().map(|t| t.0).unwrap_or(jiff::Timestamp::UNIX_EPOCH))
 }
 
 /// Ready for at least `min_ready` (upstream's IsPodAvailable).
-pub(crate) fn is_available(pod: &Pod, min_ready: i32, now: jiff::Timestamp) -> bool {
+pub(crate) fn is_available(pod: &CachedPod, min_ready: i32, now: jiff::Timestamp) -> bool {
     match ready_since(pod) {
         None => false,
         Some(_) if min_ready <= 0 => true,
@@ -227,7 +228,7 @@ async fn sync(ctx: &Ctx, key: &Key) -> Result<(), SyncError> {
     let uid = rs.uid().unwrap_or_default();
     let pods_api: Api<Pod> = Api::namespaced(ctx.client.clone(), ns);
 
-    let mut owned: Vec<Arc<Pod>> = Vec::new();
+    let mut owned: Vec<Arc<CachedPod>> = Vec::new();
     for pod in ctx.pods.controlled_by(&uid) {
         if labels::matches(&spec.selector, pod.labels()) {
             owned.push(pod);
@@ -242,7 +243,7 @@ async fn sync(ctx: &Ctx, key: &Key) -> Result<(), SyncError> {
             }
         }
     }
-    let active: Vec<Arc<Pod>> = owned.iter().filter(|p| is_active(p)).cloned().collect();
+    let active: Vec<Arc<CachedPod>> = owned.iter().filter(|p| is_active(p)).cloned().collect();
 
     let mut failure = None;
     if rs.metadata.deletion_timestamp.is_none() && expectations_met(ctx, key) {
@@ -295,7 +296,7 @@ fn owner_ref(rs: &ReplicaSet, owners: &Owners) -> OwnerReference {
     }
 }
 
-async fn adopt(api: &Api<Pod>, pod: &Pod, owner: OwnerReference) -> bool {
+async fn adopt(api: &Api<Pod>, pod: &CachedPod, owner: OwnerReference) -> bool {
     let mut refs = pod.metadata.owner_references.clone().unwrap_or_default();
     refs.push(owner);
     // The resourceVersion makes adoption a compare-and-swap against a concurrent adopter.
@@ -303,7 +304,7 @@ async fn adopt(api: &Api<Pod>, pod: &Pod, owner: OwnerReference) -> bool {
     api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await.is_ok()
 }
 
-async fn release(api: &Api<Pod>, pod: &Pod, uid: &str) {
+async fn release(api: &Api<Pod>, pod: &CachedPod, uid: &str) {
     let refs: Vec<&OwnerReference> = pod.metadata.owner_references.iter().flatten().filter(|o| o.uid != uid).collect();
     let patch = json!({"metadata": {"ownerReferences": refs, "resourceVersion": pod.resource_version()}});
     if let Err(error) = api.patch(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
@@ -358,7 +359,7 @@ async fn create_pods(ctx: &Ctx, key: &Key, rs: &ReplicaSet, count: usize) -> Opt
 }
 
 /// Upstream's ranking of which pods go first when scaling down.
-fn deletion_rank(pod: &Pod) -> impl Ord {
+fn deletion_rank(pod: &CachedPod) -> impl Ord {
     let status = pod.status.as_ref();
     let assigned = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| !n.is_empty());
     let phase = match status.and_then(|s| s.phase.as_deref()) {
@@ -373,10 +374,10 @@ fn deletion_rank(pod: &Pod) -> impl Ord {
     (assigned, phase, ready.is_some(), std::cmp::Reverse(ready), std::cmp::Reverse(restarts), std::cmp::Reverse(created))
 }
 
-async fn delete_pods(ctx: &Ctx, key: &Key, rs: &ReplicaSet, api: &Api<Pod>, active: &[Arc<Pod>], count: usize) {
-    let mut victims: Vec<&Arc<Pod>> = active.iter().collect();
+async fn delete_pods(ctx: &Ctx, key: &Key, rs: &ReplicaSet, api: &Api<Pod>, active: &[Arc<CachedPod>], count: usize) {
+    let mut victims: Vec<&Arc<CachedPod>> = active.iter().collect();
     victims.sort_by_cached_key(|p| deletion_rank(p));
-    let victims: Vec<&Arc<Pod>> = victims.into_iter().take(count.min(BURST)).collect();
+    let victims: Vec<&Arc<CachedPod>> = victims.into_iter().take(count.min(BURST)).collect();
     let names: Vec<String> = victims.iter().map(|p| p.name_any()).collect();
     expect(ctx, key, &[], &names);
     let deletes = victims.iter().map(|pod| {
@@ -394,10 +395,10 @@ async fn delete_pods(ctx: &Ctx, key: &Key, rs: &ReplicaSet, api: &Api<Pod>, acti
     }
 }
 
-async fn update_status(ctx: &Ctx, rs: &ReplicaSet, owned: &[Arc<Pod>], failure: Option<String>) -> Result<(), SyncError> {
+async fn update_status(ctx: &Ctx, rs: &ReplicaSet, owned: &[Arc<CachedPod>], failure: Option<String>) -> Result<(), SyncError> {
     let spec = rs.spec.clone().unwrap_or_default();
     let now = jiff::Timestamp::now();
-    let active: Vec<&Arc<Pod>> = owned.iter().filter(|p| is_active(p)).collect();
+    let active: Vec<&Arc<CachedPod>> = owned.iter().filter(|p| is_active(p)).collect();
     let template_labels: BTreeMap<String, String> = spec.template.as_ref().and_then(|t| t.metadata.as_ref()).and_then(|m| m.labels.clone()).unwrap_or_default();
     let fully_labeled = active.iter().filter(|p| labels::matches_map(&template_labels, p.labels())).count();
     let ready = active.iter().filter(|p| ready_since(p).is_some()).count();

@@ -20,6 +20,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions
 use kube::{Client, ResourceExt};
 use serde_json::json;
 
+use crate::cached_pod::CachedPod;
 use crate::cache::Cache;
 use crate::events::{self, Recorder};
 use crate::history::{self, EXPECTATION_TIMEOUT, Expectations, POD_REVISION_LABEL};
@@ -38,7 +39,7 @@ struct Ctx {
     client: Client,
     recorder: Recorder,
     sets: Cache<StatefulSet>,
-    pods: Cache<Pod>,
+    pods: Cache<CachedPod>,
     revisions: Cache<ControllerRevision>,
     claims: Cache<PersistentVolumeClaim>,
     expectations: Arc<Expectations>,
@@ -59,7 +60,7 @@ pub async fn run(client: Client) {
         }),
     );
     let (q, for_pods, exp) = (queue.clone(), sets.clone(), expectations.clone());
-    let pods = Cache::<Pod>::spawn(
+    let pods = Cache::<CachedPod>::spawn(
         Api::all(client.clone()),
         Box::new(move |old, new| {
             if let Some(pod) = new.or(old)
@@ -183,28 +184,28 @@ pub fn max_unavailable(value: &IntOrString, replicas: i32) -> usize {
 
 // Pod states, as upstream's stateful_set_utils.go names them.
 
-fn phase(pod: &Pod) -> &str {
+fn phase(pod: &CachedPod) -> &str {
     pod.status.as_ref().and_then(|s| s.phase.as_deref()).unwrap_or("")
 }
 
-fn terminating(pod: &Pod) -> bool {
+fn terminating(pod: &CachedPod) -> bool {
     pod.metadata.deletion_timestamp.is_some()
 }
 
-fn running_and_ready(pod: &Pod) -> bool {
+fn running_and_ready(pod: &CachedPod) -> bool {
     phase(pod) == "Running" && ready_since(pod).is_some()
 }
 
-fn healthy(pod: &Pod) -> bool {
+fn healthy(pod: &CachedPod) -> bool {
     running_and_ready(pod) && !terminating(pod)
 }
 
 /// A slot without a pod counts as unavailable, as upstream's not-yet-created pod objects do.
-fn unavailable(pod: Option<&Pod>, min_ready: i32, now: jiff::Timestamp) -> bool {
+fn unavailable(pod: Option<&CachedPod>, min_ready: i32, now: jiff::Timestamp) -> bool {
     pod.is_none_or(|p| !healthy(p) || !is_available(p, min_ready, now))
 }
 
-fn revision_of(pod: &Pod) -> &str {
+fn revision_of(pod: &CachedPod) -> &str {
     pod.labels().get(POD_REVISION_LABEL).map(String::as_str).unwrap_or("")
 }
 
@@ -226,7 +227,7 @@ pub enum ReplicaStep {
 /// Upstream's pass over the replicas. Ordered (monotonic) management stops at the first pod
 /// that is not Running, Ready and available (after creating or replacing at most one); the
 /// returned flag says it stopped.
-pub fn plan_replicas(slots: &[Option<&Pod>], monotonic: bool, min_ready: i32, now: jiff::Timestamp) -> (Vec<ReplicaStep>, bool) {
+pub fn plan_replicas(slots: &[Option<&CachedPod>], monotonic: bool, min_ready: i32, now: jiff::Timestamp) -> (Vec<ReplicaStep>, bool) {
     let mut steps = Vec::new();
     for (i, slot) in slots.iter().enumerate() {
         match slot {
@@ -262,7 +263,7 @@ pub fn plan_replicas(slots: &[Option<&Pod>], monotonic: bool, min_ready: i32, no
 /// management deletes one at a time, waits for it to terminate, and only deletes an unhealthy pod
 /// if it is the first unhealthy one (`first_unhealthy`, an index into `condemned`). The flag says
 /// later work (updates) must wait.
-pub fn plan_condemned(condemned: &[&Pod], first_unhealthy: Option<usize>, monotonic: bool, min_ready: i32, now: jiff::Timestamp) -> (Vec<usize>, bool) {
+pub fn plan_condemned(condemned: &[&CachedPod], first_unhealthy: Option<usize>, monotonic: bool, min_ready: i32, now: jiff::Timestamp) -> (Vec<usize>, bool) {
     let mut victims = Vec::new();
     for (i, pod) in condemned.iter().enumerate() {
         if terminating(pod) {
@@ -285,9 +286,9 @@ pub fn plan_condemned(condemned: &[&Pod], first_unhealthy: Option<usize>, monoto
 /// The pods a RollingUpdate deletes now (indexes into the ordinal range), highest first, only at
 /// or above the partition. Without maxUnavailable one pod at a time, each waiting for the ones
 /// above it to be available again; with it, up to maxUnavailable pods may be down at once.
-pub fn plan_rolling_update(slots: &[Option<&Pod>], update_revision: &str, partition: i32, max_unavailable: Option<usize>, min_ready: i32, now: jiff::Timestamp) -> Vec<usize> {
+pub fn plan_rolling_update(slots: &[Option<&CachedPod>], update_revision: &str, partition: i32, max_unavailable: Option<usize>, min_ready: i32, now: jiff::Timestamp) -> Vec<usize> {
     let floor = usize::try_from(partition.max(0)).unwrap_or(0);
-    let outdated = |pod: Option<&Pod>| pod.is_some_and(|p| revision_of(p) != update_revision && !terminating(p));
+    let outdated = |pod: Option<&CachedPod>| pod.is_some_and(|p| revision_of(p) != update_revision && !terminating(p));
     match max_unavailable {
         None => {
             for target in (floor..slots.len()).rev() {
@@ -318,7 +319,7 @@ pub struct Counts {
     pub updated: i32,
 }
 
-pub fn count<'a>(pods: impl IntoIterator<Item = &'a Pod>, min_ready: i32, now: jiff::Timestamp, current_revision: &str, update_revision: &str) -> Counts {
+pub fn count<'a>(pods: impl IntoIterator<Item = &'a CachedPod>, min_ready: i32, now: jiff::Timestamp, current_revision: &str, update_revision: &str) -> Counts {
     let mut c = Counts::default();
     for pod in pods {
         c.replicas += 1;
@@ -356,7 +357,7 @@ pub fn wanted_claim_owners(when_deleted_delete: bool, when_scaled_delete: bool, 
     (set, pod)
 }
 
-fn pod_owner_ref(pod: &Pod) -> OwnerReference {
+fn pod_owner_ref(pod: &impl kube::Resource) -> OwnerReference {
     OwnerReference { api_version: "v1".into(), kind: "Pod".into(), name: pod.name_any(), uid: pod.uid().unwrap_or_default(), controller: Some(true), block_owner_deletion: Some(true) }
 }
 
@@ -383,7 +384,7 @@ fn claims_for(set: &StatefulSet, spec: &StatefulSetSpec, ordinal: i32) -> Vec<(S
     out
 }
 
-fn storage_matches(set: &StatefulSet, spec: &StatefulSetSpec, pod: &Pod, ordinal: i32) -> bool {
+fn storage_matches(set: &StatefulSet, spec: &StatefulSetSpec, pod: &CachedPod, ordinal: i32) -> bool {
     let volumes = pod.spec.as_ref().and_then(|s| s.volumes.as_ref());
     claims_for(set, spec, ordinal).iter().all(|(template, claim)| {
         volumes.into_iter().flatten().any(|v| &v.name == template && v.persistent_volume_claim.as_ref().is_some_and(|c| Some(&c.claim_name) == claim.metadata.name.as_ref()))
@@ -480,7 +481,7 @@ struct Work<'a> {
     pods: Api<Pod>,
     claims: Api<PersistentVolumeClaim>,
     start: i32,
-    slots: Vec<Option<Arc<Pod>>>,
+    slots: Vec<Option<Arc<CachedPod>>>,
     current_template: PodTemplateSpec,
     update_template: PodTemplateSpec,
     current_name: String,
@@ -506,7 +507,7 @@ async fn sync(ctx: &Ctx, key: &Key) -> Result<(), SyncError> {
     let mut revisions = history::claim_revisions(&revisions_api, &ctx.revisions, set.as_ref(), &spec.selector).await?;
     history::sort_revisions(&mut revisions);
     let set_name = set.name_any();
-    let pods = history::claim(&pods_api, &ctx.pods, set.as_ref(), |p: &Pod| labels::matches(&spec.selector, p.labels()) && ordinal_of(&set_name, &p.name_any()).is_some()).await?;
+    let pods = history::claim(&Api::<CachedPod>::namespaced(ctx.client.clone(), ns), &ctx.pods, set.as_ref(), |p: &CachedPod| labels::matches(&spec.selector, p.labels()) && ordinal_of(&set_name, &p.name_any()).is_some()).await?;
 
     // The update revision is the set's template now; an equal older revision is reused (a
     // rollback) by moving it to the front of history.
@@ -524,8 +525,8 @@ async fn sync(ctx: &Ctx, key: &Key) -> Result<(), SyncError> {
 
     let start = start_ordinal(&spec);
     let count_wanted = replica_count(&spec);
-    let mut slots: Vec<Option<Arc<Pod>>> = vec![None; usize::try_from(count_wanted).unwrap_or(0)];
-    let mut condemned: Vec<Arc<Pod>> = Vec::new();
+    let mut slots: Vec<Option<Arc<CachedPod>>> = vec![None; usize::try_from(count_wanted).unwrap_or(0)];
+    let mut condemned: Vec<Arc<CachedPod>> = Vec::new();
     for pod in &pods {
         let Some(ordinal) = ordinal_of(&set_name, &pod.name_any()) else { continue };
         match usize::try_from(ordinal - start).ok().filter(|i| *i < slots.len()) {
@@ -537,7 +538,7 @@ async fn sync(ctx: &Ctx, key: &Key) -> Result<(), SyncError> {
 
     let min_ready = spec.min_ready_seconds.unwrap_or(0);
     let now = jiff::Timestamp::now();
-    let existing: Vec<Arc<Pod>> = slots.iter().flatten().chain(condemned.iter()).cloned().collect();
+    let existing: Vec<Arc<CachedPod>> = slots.iter().flatten().chain(condemned.iter()).cloned().collect();
     let mut counts = count(existing.iter().map(|p| p.as_ref()), min_ready, now, &current.name_any(), &update.name_any());
 
     let work = Work {
@@ -573,9 +574,9 @@ async fn sync(ctx: &Ctx, key: &Key) -> Result<(), SyncError> {
 
 /// Creates, deletes and repairs pods for one sync, in upstream's order: replicas in the range,
 /// then pods beyond it, then the rolling update.
-async fn act(work: &Work<'_>, condemned: &[Arc<Pod>], counts: &mut Counts, min_ready: i32, now: jiff::Timestamp) -> Result<(), SyncError> {
+async fn act(work: &Work<'_>, condemned: &[Arc<CachedPod>], counts: &mut Counts, min_ready: i32, now: jiff::Timestamp) -> Result<(), SyncError> {
     let monotonic = work.spec.pod_management_policy.as_deref() != Some("Parallel");
-    let slots: Vec<Option<&Pod>> = work.slots.iter().map(|s| s.as_deref()).collect();
+    let slots: Vec<Option<&CachedPod>> = work.slots.iter().map(|s| s.as_deref()).collect();
     let (steps, blocked) = plan_replicas(&slots, monotonic, min_ready, now);
     run_batched(monotonic, &steps, |step| replica_step(work, step)).await?;
     if blocked {
@@ -583,11 +584,11 @@ async fn act(work: &Work<'_>, condemned: &[Arc<Pod>], counts: &mut Counts, min_r
     }
 
     let set_name = &work.set.name_any();
-    let condemned_refs: Vec<&Pod> = condemned.iter().map(|p| p.as_ref()).collect();
+    let condemned_refs: Vec<&CachedPod> = condemned.iter().map(|p| p.as_ref()).collect();
     // Claims of pods about to go follow the scale-down half of the retention policy first.
     run_batched(monotonic, &condemned_refs, |pod| async move {
         let ordinal = ordinal_of(set_name, &pod.name_any()).unwrap_or(-1);
-        fix_claim_owners(work, pod, ordinal).await
+        fix_claim_owners(work, *pod, ordinal).await
     })
     .await?;
     let first_unhealthy = if slots.iter().any(|p| unavailable(*p, min_ready, now)) {
@@ -597,7 +598,7 @@ async fn act(work: &Work<'_>, condemned: &[Arc<Pod>], counts: &mut Counts, min_r
         (0..condemned_refs.len()).rev().find(|i| unavailable(Some(condemned_refs[*i]), min_ready, now))
     };
     let (victims, wait) = plan_condemned(&condemned_refs, first_unhealthy, monotonic, min_ready, now);
-    let victims: Vec<&Pod> = victims.into_iter().map(|i| condemned_refs[i]).collect();
+    let victims: Vec<&CachedPod> = victims.into_iter().map(|i| condemned_refs[i]).collect();
     run_batched(monotonic, &victims, |pod| async move { delete_pod(work, pod).await }).await?;
     if wait || strategy_type(work.spec) == "OnDelete" {
         return Ok(());
@@ -736,7 +737,7 @@ async fn create_claims(work: &Work<'_>, ordinal: i32) -> Result<(), SyncError> {
 /// Puts the retention policy's owner references on `pod`'s claims (upstream's
 /// UpdatePodClaimForRetentionPolicy). Claims controlled by something else, or still referring to
 /// an earlier incarnation of the set or pod, are left alone.
-async fn fix_claim_owners(work: &Work<'_>, pod: &Pod, ordinal: i32) -> Result<(), SyncError> {
+async fn fix_claim_owners(work: &Work<'_>, pod: &impl kube::Resource, ordinal: i32) -> Result<(), SyncError> {
     let ns = work.set.namespace().unwrap_or_default();
     let set_uid = work.set.uid().unwrap_or_default();
     let pod_uid = pod.uid().unwrap_or_default();
@@ -778,7 +779,7 @@ async fn fix_claim_owners(work: &Work<'_>, pod: &Pod, ordinal: i32) -> Result<()
 }
 
 /// Restores a drifted identity label and the storage and retention invariants of a running pod.
-async fn check_pod(work: &Work<'_>, pod: &Pod, ordinal: i32) -> Result<(), SyncError> {
+async fn check_pod(work: &Work<'_>, pod: &CachedPod, ordinal: i32) -> Result<(), SyncError> {
     let name = pod.name_any();
     if pod.labels().get(POD_NAME_LABEL) != Some(&name) {
         let patch = json!({"metadata": {"labels": {POD_NAME_LABEL: name, POD_INDEX_LABEL: ordinal.to_string()}}});
@@ -793,7 +794,7 @@ async fn check_pod(work: &Work<'_>, pod: &Pod, ordinal: i32) -> Result<(), SyncE
     fix_claim_owners(work, pod, ordinal).await
 }
 
-async fn delete_pod(work: &Work<'_>, pod: &Pod) -> Result<(), SyncError> {
+async fn delete_pod(work: &Work<'_>, pod: &CachedPod) -> Result<(), SyncError> {
     let params = DeleteParams { preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }), ..Default::default() };
     work.ctx.expectations.expect_delete(work.key, &pod.uid().unwrap_or_default());
     let name = pod.name_any();
@@ -870,7 +871,7 @@ async fn update_status(ctx: &Ctx, set: &StatefulSet, spec: &StatefulSetSpec, wor
 
 /// Deletes the oldest revisions beyond revisionHistoryLimit that no pod uses and that are
 /// neither current nor the update.
-async fn truncate_history(api: &Api<ControllerRevision>, spec: &StatefulSetSpec, revisions: &[Arc<ControllerRevision>], pods: &[Arc<Pod>], work: &Work<'_>) {
+async fn truncate_history(api: &Api<ControllerRevision>, spec: &StatefulSetSpec, revisions: &[Arc<ControllerRevision>], pods: &[Arc<CachedPod>], work: &Work<'_>) {
     let Ok(limit) = usize::try_from(spec.revision_history_limit.unwrap_or(10)) else { return };
     let mut live: HashSet<&str> = pods.iter().map(|p| revision_of(p)).collect();
     live.insert(&work.current_name);
@@ -921,7 +922,7 @@ mod tests {
         }
     }
 
-    fn pod(name: &str, phase: &str, ready: bool, revision: &str) -> Pod {
+    fn pod(name: &str, phase: &str, ready: bool, revision: &str) -> CachedPod {
         serde_json::from_value(json!({
             "metadata": {"name": name, "uid": format!("{name}-uid"), "labels": {POD_REVISION_LABEL: revision}},
             "status": {"phase": phase, "conditions": [{"type": "Ready", "status": if ready { "True" } else { "False" }}]}
@@ -964,7 +965,7 @@ mod tests {
         assert_eq!(volumes.len(), 2, "the claim replaces the template volume of the same name: {volumes:?}");
         assert_eq!(volumes[0].persistent_volume_claim.as_ref().unwrap().claim_name, "data-web-2");
         assert_eq!(volumes[1].name, "tmp");
-        assert!(storage_matches(&s, &spec, &p, 2));
+        assert!(storage_matches(&s, &spec, &CachedPod::from(&p), 2));
         assert_eq!(p.owner_references()[0].kind, "StatefulSet");
         let claims = claims_for(&s, &spec, 2);
         assert_eq!(claims[0].1.name_any(), "data-web-2");
@@ -1014,32 +1015,32 @@ mod tests {
 
     #[test]
     fn rolling_update_respects_partition_and_order() {
-        let old: Vec<Pod> = (0..4).map(|i| pod(&format!("web-{i}"), "Running", true, "old")).collect();
-        let slots: Vec<Option<&Pod>> = old.iter().map(Some).collect();
+        let old: Vec<CachedPod> = (0..4).map(|i| pod(&format!("web-{i}"), "Running", true, "old")).collect();
+        let slots: Vec<Option<&CachedPod>> = old.iter().map(Some).collect();
         // Highest first, one at a time.
         assert_eq!(plan_rolling_update(&slots, "new", 0, None, 0, now()), vec![3]);
         // web-3 updated but not ready: wait for it.
         let new3 = pod("web-3", "Running", false, "new");
-        let slots: Vec<Option<&Pod>> = vec![Some(&old[0]), Some(&old[1]), Some(&old[2]), Some(&new3)];
+        let slots: Vec<Option<&CachedPod>> = vec![Some(&old[0]), Some(&old[1]), Some(&old[2]), Some(&new3)];
         assert_eq!(plan_rolling_update(&slots, "new", 0, None, 0, now()), Vec::<usize>::new());
         // web-3 updated and ready: next is web-2.
         let new3 = pod("web-3", "Running", true, "new");
-        let slots: Vec<Option<&Pod>> = vec![Some(&old[0]), Some(&old[1]), Some(&old[2]), Some(&new3)];
+        let slots: Vec<Option<&CachedPod>> = vec![Some(&old[0]), Some(&old[1]), Some(&old[2]), Some(&new3)];
         assert_eq!(plan_rolling_update(&slots, "new", 0, None, 0, now()), vec![2]);
         // Partition 3: nothing below ordinal 3 is touched.
         assert_eq!(plan_rolling_update(&slots, "new", 3, None, 0, now()), Vec::<usize>::new());
         // Partition 2 reaches web-2 but no lower.
         let new2 = pod("web-2", "Running", true, "new");
-        let slots: Vec<Option<&Pod>> = vec![Some(&old[0]), Some(&old[1]), Some(&new2), Some(&new3)];
+        let slots: Vec<Option<&CachedPod>> = vec![Some(&old[0]), Some(&old[1]), Some(&new2), Some(&new3)];
         assert_eq!(plan_rolling_update(&slots, "new", 2, None, 0, now()), Vec::<usize>::new());
         assert_eq!(plan_rolling_update(&slots, "new", 0, None, 0, now()), vec![1]);
         // A partition beyond the replicas updates nothing.
         assert_eq!(plan_rolling_update(&slots, "new", 10, None, 0, now()), Vec::<usize>::new());
         // maxUnavailable 2: two at once, fewer while some are already down.
-        let slots: Vec<Option<&Pod>> = old.iter().map(Some).collect();
+        let slots: Vec<Option<&CachedPod>> = old.iter().map(Some).collect();
         assert_eq!(plan_rolling_update(&slots, "new", 0, Some(2), 0, now()), vec![3, 2]);
         let down = pod("web-0", "Running", false, "old");
-        let slots: Vec<Option<&Pod>> = vec![Some(&down), Some(&old[1]), Some(&old[2]), Some(&old[3])];
+        let slots: Vec<Option<&CachedPod>> = vec![Some(&down), Some(&old[1]), Some(&old[2]), Some(&old[3])];
         assert_eq!(plan_rolling_update(&slots, "new", 0, Some(2), 0, now()), vec![3]);
         assert_eq!(plan_rolling_update(&slots, "new", 1, Some(3), 0, now()), vec![3, 2]);
     }
