@@ -244,7 +244,7 @@ fn silent_nodes_become_unknown_tainted_and_their_pods_are_evicted() {
     );
     s.ok_stdin(&["create", "-f", "-"], r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "patient"}, "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}}"#);
     // Ready as a kubelet would have reported it before falling silent.
-    s.ok(&["patch", "pod", "patient", "--subresource=status", "--type=merge", "-p", r#"{"status": {"phase": "Running", "conditions": [{"type": "Ready", "status": "True"}]}}"#]);
+    s.ok(&["patch", "pod", "patient", "--subresource=status", "--type=merge", "-p", r#"{"status": {"phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}, {"type": "Ready", "status": "True", "message": "from the kubelet"}]}}"#]);
     let patient = s.get_json(&["pod", "patient"]);
     assert_eq!(patient["spec"]["serviceAccountName"], "default");
     let tolerations = patient["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
@@ -272,7 +272,12 @@ fn silent_nodes_become_unknown_tainted_and_their_pods_are_evicted() {
     assert_eq!(eviction["source"]["component"], "taint-eviction-controller");
     let patient = s.get_json(&["pod", "patient"]);
     assert!(patient["metadata"].get("deletionTimestamp").is_none(), "a pod tolerating 300 s stays for now");
-    assert!(patient["status"]["conditions"].as_array().is_none_or(|c| !c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")));
+    // Only its Ready condition changed: the others stay as the node wrote them.
+    let conditions = patient["status"]["conditions"].as_array().cloned().unwrap_or_default();
+    let condition = |type_: &str| conditions.iter().find(|c| c["type"] == type_).cloned().unwrap_or_default();
+    assert_eq!((condition("Ready")["status"].as_str(), condition("Ready")["reason"].as_str()), (Some("False"), Some("NodeNotReady")), "{conditions:?}");
+    assert_eq!(condition("PodScheduled")["status"], "True", "{conditions:?}");
+    assert_eq!(condition("Ready")["message"], "from the kubelet", "{conditions:?}");
 
     // The node comes back: a fresh heartbeat clears the taints.
     let fresh = jiff::Timestamp::now().strftime("%Y-%m-%dT%H:%M:%SZ").to_string();

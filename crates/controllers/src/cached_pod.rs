@@ -12,7 +12,7 @@
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Affinity, ContainerPort, ContainerState, EphemeralVolumeSource, PersistentVolumeClaimVolumeSource, Pod, PodCondition, PodIP, Toleration};
+use k8s_openapi::api::core::v1::{Affinity, ContainerPort, ContainerState, EphemeralVolumeSource, PersistentVolumeClaimVolumeSource, Pod, PodIP, Toleration};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use k8s_openapi::NamespaceResourceScope;
 use serde::{Deserialize, Deserializer};
@@ -75,7 +75,7 @@ pub struct CachedPodStatus {
     #[serde(default)]
     pub phase: Option<String>,
     #[serde(default)]
-    pub conditions: Option<Vec<PodCondition>>,
+    pub conditions: Option<Vec<CachedPodCondition>>,
     #[serde(default)]
     pub container_statuses: Option<Vec<CachedContainerStatus>>,
     #[serde(default)]
@@ -86,6 +86,18 @@ pub struct CachedPodStatus {
     pub pod_ips: Option<Vec<PodIP>>,
     #[serde(default)]
     pub start_time: Option<Time>,
+}
+
+/// A condition without its reason, message and probe time (a typed PodCondition is 160 bytes,
+/// five per pod): controllers read which conditions hold and since when.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CachedPodCondition {
+    #[serde(rename = "type")]
+    pub type_: String,
+    pub status: String,
+    #[serde(default)]
+    pub last_transition_time: Option<Time>,
 }
 
 #[derive(Clone, Debug, Default, Deserialize)]

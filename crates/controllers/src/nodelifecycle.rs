@@ -258,25 +258,17 @@ fn spared(pod: &CachedPod, uid: &str, taints: Option<&[Taint]>, now: jiff::Times
     pod.uid().as_deref() == Some(uid) && pod.metadata.deletion_timestamp.is_none() && eviction_time(pod, taints, now).is_none()
 }
 
-/// Upstream's MarkPodsNotReady: a pod on a node that stopped reporting is not Ready.
+/// Upstream's MarkPodsNotReady: a pod on a node that stopped reporting is not Ready. A strategic
+/// merge patch (conditions merge by type) changes the Ready condition only, so the others, and
+/// the message of this one, stay as the kubelet wrote them.
 async fn mark_not_ready(api: &Api<Pod>, recorder: &Recorder, pod: &Arc<CachedPod>, now: jiff::Timestamp) {
-    let conditions = pod.status.as_ref().and_then(|s| s.conditions.clone()).unwrap_or_default();
-    if !conditions.iter().any(|c| c.type_ == "Ready" && c.status == "True") {
+    let ready = pod.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+    if !ready {
         return;
     }
-    let conditions: Vec<_> = conditions
-        .into_iter()
-        .map(|mut c| {
-            if c.type_ == "Ready" {
-                c.status = "False".into();
-                c.reason = Some("NodeNotReady".into());
-                c.last_transition_time = Some(Time(now));
-            }
-            c
-        })
-        .collect();
-    let patch = json!({"metadata": {"resourceVersion": pod.resource_version()}, "status": {"conditions": conditions}});
-    match api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await {
+    let ready = json!({"type": "Ready", "status": "False", "reason": "NodeNotReady", "lastTransitionTime": Time(now)});
+    let patch = json!({"metadata": {"resourceVersion": pod.resource_version()}, "status": {"conditions": [ready]}});
+    match api.patch_status(&pod.name_any(), &PatchParams::default(), &Patch::Strategic(patch)).await {
         Ok(_) => recorder.warning(pod.as_ref(), "NodeNotReady", "Node is not ready".into()),
         Err(error) => tracing::debug!(%error, pod = %pod.name_any(), "marking pod not ready failed"),
     }
