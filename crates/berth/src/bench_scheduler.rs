@@ -57,7 +57,7 @@ fn start_component(what: &str, kubeconfig: &std::path::Path) -> anyhow::Result<C
 async fn client(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
     let config = kube::config::Kubeconfig::read_from(kubeconfig)?;
     let config = kube::Config::from_custom_kubeconfig(config, &kube::config::KubeConfigOptions::default()).await?;
-    Ok(kube::Client::try_from(config)?)
+    Ok(controllers::client::build(config)?)
 }
 
 pub async fn run(args: SchedulerBench) -> anyhow::Result<()> {

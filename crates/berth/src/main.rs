@@ -271,7 +271,7 @@ pub async fn start_server(args: &ServerArgs) -> anyhow::Result<(apiserver::Runni
 /// A Kubernetes client for in-process components: they reach the API over HTTPS like any other
 /// client, with the admin credentials.
 async fn client_for(kubeconfig: &std::path::Path) -> anyhow::Result<kube::Client> {
-    Ok(kube::Client::try_from(config_for(kubeconfig).await?)?)
+    Ok(controllers::client::build(config_for(kubeconfig).await?)?)
 }
 
 /// A client configuration that names its component in User-Agent, as upstream's components do:
@@ -305,7 +305,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Server(args) => run_server(args).await,
             Command::Scheduler(args) => {
-                let client = kube::Client::try_from(component_config(&args.kubeconfig, "kube-scheduler").await?)?;
+                let client = controllers::client::build(component_config(&args.kubeconfig, "kube-scheduler").await?)?;
                 scheduler::run(client, scheduler::SchedulerOptions::default()).await.context("scheduler")
             }
             Command::ControllerManager { client, node_monitor_grace_period, cluster_cidr } => {
@@ -347,7 +347,7 @@ fn main() -> anyhow::Result<()> {
 /// them afresh (upstream's process exits instead and is restarted by its supervisor).
 async fn run_controllers_as_leader(config: kube::Config, options: controllers::Options) -> anyhow::Result<()> {
     let lease = scheduler::leader::LeaseConfig::new("kube-system", "kube-controller-manager", scheduler::leader::Elector::default_identity());
-    let elector = scheduler::leader::Elector::new(kube::Client::try_from(config.clone())?, lease).context("leader election")?;
+    let elector = scheduler::leader::Elector::new(controllers::client::build(config.clone())?, lease).context("leader election")?;
     loop {
         let mut leadership = elector.acquire().await;
         tracing::info!(identity = elector.identity(), "controller manager is the leader");
@@ -388,7 +388,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
                 Ok(runtime) => runtime,
                 Err(error) => return tracing::error!(%error, "starting the scheduler's runtime"),
             };
-            let result = runtime.block_on(async move { scheduler::run(kube::Client::try_from(config)?, scheduler::SchedulerOptions::default()).await.map_err(anyhow::Error::from) });
+            let result = runtime.block_on(async move { scheduler::run(controllers::client::build(config)?, scheduler::SchedulerOptions::default()).await.map_err(anyhow::Error::from) });
             if let Err(error) = result {
                 tracing::error!(error = format!("{error:#}"), "the scheduler stopped");
             }

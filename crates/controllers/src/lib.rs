@@ -7,6 +7,7 @@
 
 pub mod cache;
 pub mod cached_pod;
+pub mod client;
 pub mod cronjob;
 pub mod daemonset;
 pub mod deployment;
@@ -67,7 +68,7 @@ impl Running {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("controllers").enable_all().build()?;
         let (exited_tx, exited) = tokio::sync::oneshot::channel();
         runtime.spawn(async move {
-            match kube::Client::try_from(config) {
+            match client::build(config) {
                 Ok(client) => run_all(client, options).await,
                 Err(error) => tracing::error!(%error, "building the controllers' client"),
             }
