@@ -616,6 +616,19 @@ mod tests {
     /// What the TLS server saw of one request: the SNI name and the request head.
     type Seen = Arc<Mutex<Vec<(Option<String>, String)>>>;
 
+    /// A request's head, up to the blank line; `None` if the client went away first.
+    async fn read_head<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> Option<String> {
+        let mut head = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !head.ends_with(b"\r\n\r\n") {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return None,
+                Ok(n) => head.extend_from_slice(&buf[..n]),
+            }
+        }
+        Some(String::from_utf8_lossy(&head).into_owned())
+    }
+
     /// A TLS server on 127.0.0.1 with a self-signed certificate (which the prober must accept):
     /// `/fail` answers 500, `/moved` 302, anything else 200.
     async fn tls_server() -> (u16, Seen) {
@@ -638,15 +651,7 @@ mod tests {
                 tokio::spawn(async move {
                     let Ok(mut tls) = acceptor.accept(tcp).await else { return };
                     let sni = tls.get_ref().1.server_name().map(String::from);
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match tls.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let Some(head) = read_head(&mut tls).await else { return };
                     let status = match head.split_whitespace().nth(1) {
                         Some("/fail") => "500 Internal Server Error",
                         Some("/moved") => "302 Found\r\nLocation: /elsewhere",
@@ -717,15 +722,7 @@ mod tests {
             while let Ok((mut tcp, _)) = listener.accept().await {
                 let record = record.clone();
                 tokio::spawn(async move {
-                    let mut head = Vec::new();
-                    let mut buf = [0u8; 1024];
-                    while !head.ends_with(b"\r\n\r\n") {
-                        match tcp.read(&mut buf).await {
-                            Ok(0) | Err(_) => return,
-                            Ok(n) => head.extend_from_slice(&buf[..n]),
-                        }
-                    }
-                    let head = String::from_utf8_lossy(&head).into_owned();
+                    let Some(head) = read_head(&mut tcp).await else { return };
                     let path = head.split_whitespace().nth(1).unwrap_or("").to_string();
                     record.lock().expect("lock").push(head);
                     let (status, body) = routes.iter().find(|(p, _, _)| *p == path).map(|(_, status, body)| (*status, *body)).unwrap_or(("404 Not Found", ""));

@@ -15,8 +15,10 @@ fn server() -> AgentServer {
     agent_server(env!("CARGO_BIN_EXE_berth"), &[])
 }
 
+/// The pod, or null while it does not exist: a controller may not have made it yet.
 fn pod(server: &Server, name: &str) -> Value {
-    server.get_json(&["pod", name])
+    let text = server.ok(&["get", "pod", name, "-o", "json", "--ignore-not-found"]);
+    if text.trim().is_empty() { Value::Null } else { serde_json::from_str(&text).expect("kubectl printed JSON") }
 }
 
 fn wait_pod(server: &Server, name: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
