@@ -19,6 +19,7 @@ use store::{Event, EventKind, Revision, Store, StoreError};
 use tokio::sync::broadcast;
 
 use crate::objects;
+use crate::projection::{self, Paths};
 
 /// Events kept per resource for watches that start slightly in the past. The window holds the
 /// raw events only (their bytes are shared with the store), not what watchers derived from them,
@@ -50,12 +51,24 @@ pub struct CachedEvent {
     pub event: Event,
     object: OnceLock<Option<Value>>,
     prev: OnceLock<Option<Value>>,
+    /// The object and its previous state cut down to what selectors read.
+    selectable: OnceLock<Option<Value>>,
+    selectable_prev: OnceLock<Option<Value>>,
     lines: [OnceLock<Bytes>; 3],
+    metadata_lines: [OnceLock<Bytes>; 3],
 }
 
 impl CachedEvent {
     fn new(event: Event) -> Self {
-        Self { event, object: OnceLock::new(), prev: OnceLock::new(), lines: Default::default() }
+        Self {
+            event,
+            object: OnceLock::new(),
+            prev: OnceLock::new(),
+            selectable: OnceLock::new(),
+            selectable_prev: OnceLock::new(),
+            lines: Default::default(),
+            metadata_lines: Default::default(),
+        }
     }
 
     pub fn revision(&self) -> Revision {
@@ -70,6 +83,17 @@ impl CachedEvent {
     /// The object before the change, as stored.
     pub fn prev(&self) -> Option<&Value> {
         self.prev.get_or_init(|| self.event.prev.as_ref().and_then(|kv| objects::decode(kv).ok())).as_ref()
+    }
+
+    /// The object after the change with only `paths` decoded. Every watcher of one resource
+    /// asks with the same paths (its kind's selectable fields), so the first answer serves all.
+    pub fn selectable(&self, paths: &Paths) -> Option<&Value> {
+        self.selectable.get_or_init(|| projection::project(&self.event.kv.value, paths).ok()).as_ref()
+    }
+
+    /// The object before the change with only `paths` decoded.
+    pub fn selectable_prev(&self, paths: &Paths) -> Option<&Value> {
+        self.selectable_prev.get_or_init(|| self.event.prev.as_ref().and_then(|kv| projection::project(&kv.value, paths).ok())).as_ref()
     }
 
     /// What an unfiltered watcher sees.
@@ -96,6 +120,42 @@ impl CachedEvent {
             out.extend_from_slice(b"\",\"object\":");
             objects::write_with_resource_version(&mut out, &self.event.kv.value, self.event.kv.mod_revision);
             out.extend_from_slice(b"}\n");
+            Bytes::from(out)
+        })
+        .clone()
+    }
+}
+
+impl CachedEvent {
+    /// `{"type":...,"object":<PartialObjectMetadata>}\n` for metadata-only watchers (the garbage
+    /// collector's graph watches every resource this way), cut from the stored bytes: the
+    /// metadata is located without building a value, and the revision spliced in.
+    pub fn metadata_line(&self, kind: WatchType) -> Bytes {
+        #[derive(serde::Deserialize)]
+        struct Head<'a> {
+            #[serde(borrow)]
+            metadata: Option<&'a serde_json::value::RawValue>,
+        }
+        let slot = match kind {
+            WatchType::Added => &self.metadata_lines[0],
+            WatchType::Modified => &self.metadata_lines[1],
+            WatchType::Deleted => &self.metadata_lines[2],
+        };
+        slot.get_or_init(|| {
+            let head = serde_json::from_slice::<Head>(&self.event.kv.value).ok();
+            let metadata = head.as_ref().and_then(|h| h.metadata).map(|m| m.get()).filter(|m| m.starts_with('{')).unwrap_or("{}");
+            let mut out = Vec::with_capacity(metadata.len() + 128);
+            out.extend_from_slice(b"{\"type\":\"");
+            out.extend_from_slice(kind.as_str().as_bytes());
+            out.extend_from_slice(b"\",\"object\":{\"kind\":\"PartialObjectMetadata\",\"apiVersion\":\"meta.k8s.io/v1\",\"metadata\":{\"resourceVersion\":\"");
+            out.extend_from_slice(self.event.kv.mod_revision.to_string().as_bytes());
+            out.push(b'"');
+            let rest = &metadata[1..];
+            if !rest.trim_start().starts_with('}') {
+                out.push(b',');
+            }
+            out.extend_from_slice(rest.as_bytes());
+            out.extend_from_slice(b"}}\n");
             Bytes::from(out)
         })
         .clone()
@@ -313,6 +373,23 @@ mod tests {
         assert_eq!(late.next().await.unwrap().unwrap().revision(), from_a.revision());
         // One from before the window's start reads the store.
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn metadata_lines_are_cut_from_the_stored_bytes() {
+        let event = |value: &str| {
+            CachedEvent::new(Event { kind: EventKind::Put, kv: store::KeyValue { key: "/k".into(), value: Bytes::from(value.to_string()), mod_revision: 9, create_revision: 9 }, prev: None })
+        };
+        let line = event(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{"name":"a","labels":{"x":"y"}},"data":{"k":"v"}}"#).metadata_line(WatchType::Added);
+        let parsed: Value = serde_json::from_slice(&line).unwrap();
+        assert_eq!(
+            parsed,
+            serde_json::json!({"type": "ADDED", "object": {"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": "9", "name": "a", "labels": {"x": "y"}}}})
+        );
+        let empty: Value = serde_json::from_slice(&event(r#"{"apiVersion":"v1","kind":"ConfigMap","metadata":{}}"#).metadata_line(WatchType::Deleted)).unwrap();
+        assert_eq!(empty["object"]["metadata"], serde_json::json!({"resourceVersion": "9"}));
+        let none: Value = serde_json::from_slice(&event(r#"{"apiVersion":"v1","kind":"ConfigMap"}"#).metadata_line(WatchType::Modified)).unwrap();
+        assert_eq!((none["type"].as_str(), &none["object"]["metadata"]), (Some("MODIFIED"), &serde_json::json!({"resourceVersion": "9"})));
     }
 
     #[tokio::test]

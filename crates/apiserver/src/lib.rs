@@ -29,6 +29,7 @@ pub mod patching;
 pub mod pod_log;
 pub mod protobuf;
 pub mod printers;
+pub mod projection;
 pub mod resource_metrics;
 pub mod resources;
 pub mod scale;

@@ -13,6 +13,7 @@ use store::{KeyValue, Revision};
 use crate::api::{Api, DeleteOptions, Deleted};
 use crate::http::{Body, Format, Query, Server, bytes_response, render};
 use crate::objects;
+use crate::projection::Paths;
 use crate::selection as selectors;
 use crate::printers as tables;
 use crate::resources::ResourceDef;
@@ -26,6 +27,8 @@ pub struct Filter {
     kind: String,
     /// A custom resource's selectableFields.
     custom_fields: Vec<String>,
+    /// Every path a selector of this kind can read: what a partial decode must keep.
+    selectable: Arc<Paths>,
 }
 
 impl Filter {
@@ -49,7 +52,13 @@ impl Filter {
             }
             None => None,
         };
-        Ok(Self { labels, fields, group: def.group.clone(), kind: def.kind.clone(), custom_fields: def.selectable_fields.clone() })
+        let selectable = Paths::new(
+            ["metadata.name", "metadata.namespace", "metadata.labels"]
+                .into_iter()
+                .chain(selectors::kind_fields(&def.group, &def.kind).iter().copied())
+                .chain(def.selectable_fields.iter().map(String::as_str)),
+        );
+        Ok(Self { labels, fields, group: def.group.clone(), kind: def.kind.clone(), custom_fields: def.selectable_fields.clone(), selectable: Arc::new(selectable) })
     }
 
     pub fn with_name(mut self, name: &str) -> ApiResult<Self> {
@@ -89,12 +98,18 @@ impl Filter {
         true
     }
 
-    /// Matches stored bytes, parsing only when a selector needs the object.
+    /// The paths `matches` may read, for deciding on a partial decode of the object.
+    pub fn selectable_paths(&self) -> &Paths {
+        &self.selectable
+    }
+
+    /// Matches stored bytes, parsing only when a selector needs the object, and then only the
+    /// fields selectors read.
     pub fn matches_kv(&self, kv: &KeyValue) -> bool {
         if self.is_everything() {
             return true;
         }
-        match serde_json::from_slice::<Value>(&kv.value) {
+        match crate::projection::project(&kv.value, &self.selectable) {
             Ok(obj) => self.matches(&obj),
             Err(_) => false,
         }

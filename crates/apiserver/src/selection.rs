@@ -264,7 +264,7 @@ impl FieldSelector {
 }
 
 /// The fields a kind can be selected by, beyond metadata.name and metadata.namespace.
-fn kind_fields(group: &str, kind: &str) -> &'static [&'static str] {
+pub(crate) fn kind_fields(group: &str, kind: &str) -> &'static [&'static str] {
     match (group, kind) {
         ("", "Pod") => &["spec.nodeName", "spec.restartPolicy", "spec.schedulerName", "spec.serviceAccountName", "spec.hostNetwork", "status.phase", "status.podIP", "status.podIPs", "status.nominatedNodeName"],
         ("", "Event") => &[

@@ -176,9 +176,28 @@ impl Drop for WatchCount {
 /// Turns a store change into this watcher's event, applying selector transitions.
 fn translate(event: &CachedEvent, filter: &Filter, encoder: &mut Encoder) -> Option<Bytes> {
     let def = encoder.def.clone();
-    if filter.is_everything() && encoder.format == Format::Json && def.conversion == Conversion::None {
-        // The common case: the stored bytes go out as they are, serialized once for all watchers.
-        return Some(event.json_line(event.natural_type()));
+    if def.conversion == Conversion::None && matches!(encoder.format, Format::Json | Format::Metadata) {
+        // The common cases: lines built once per event for all watchers from the stored bytes,
+        // and selectors matched against a partial decode shared by all filtered watchers.
+        let line = |kind: WatchType| if encoder.format == Format::Json { event.json_line(kind) } else { event.metadata_line(kind) };
+        if filter.is_everything() {
+            return Some(line(event.natural_type()));
+        }
+        let paths = filter.selectable_paths();
+        let now = event.selectable(paths).is_some_and(|o| filter.matches(o));
+        return match event.event.kind {
+            EventKind::Put => {
+                let had_prev = event.event.prev.is_some();
+                let before = had_prev && event.selectable_prev(paths).is_some_and(|p| filter.matches(p));
+                match (before, now, had_prev) {
+                    (_, true, false) | (false, true, true) => Some(line(WatchType::Added)),
+                    (true, true, true) => Some(line(WatchType::Modified)),
+                    (true, false, _) => Some(line(WatchType::Deleted)),
+                    (false, false, _) => None,
+                }
+            }
+            EventKind::Delete => now.then(|| line(WatchType::Deleted)),
+        };
     }
     // Borrowed from the shared event unless this version needs a converted copy.
     fn served<'a>(def: &ResourceDef, obj: Option<&'a Value>) -> Option<Cow<'a, Value>> {
