@@ -15,13 +15,14 @@ pub struct Decoded {
 macro_rules! round_trip_table {
     ($group:expr, $version:expr, $kind:expr, $value:expr; $( ($g:literal, $v:literal, $k:literal, $t:ty) ),* $(,)?) => {
         match ($group, $version, $kind) {
-            $( ($g, $v, $k) => Some(serde_json::from_value::<$t>($value).and_then(serde_json::to_value)), )*
+            // Decoding from a borrowed value spares a deep copy of the whole object.
+            $( ($g, $v, $k) => Some(<$t as serde::Deserialize>::deserialize($value).and_then(serde_json::to_value)), )*
             _ => None,
         }
     };
 }
 
-fn round_trip(group: &str, version: &str, kind: &str, value: Value) -> Option<Result<Value, serde_json::Error>> {
+fn round_trip(group: &str, version: &str, kind: &str, value: &Value) -> Option<Result<Value, serde_json::Error>> {
     round_trip_table!(group, version, kind, value;
         ("", "v1", "Namespace", api::core::v1::Namespace),
         ("", "v1", "Pod", api::core::v1::Pod),
@@ -70,7 +71,7 @@ fn round_trip(group: &str, version: &str, kind: &str, value: Value) -> Option<Re
 /// Decodes `value` (whose apiVersion and kind are already set) as its built-in type. `None` means
 /// the kind has no built-in type (a custom resource); `Err` carries the decode error text.
 pub fn decode(group: &str, version: &str, kind: &str, value: &Value) -> Option<Result<Decoded, String>> {
-    let result = round_trip(group, version, kind, value.clone())?;
+    let result = round_trip(group, version, kind, value)?;
     Some(match result {
         Ok(object) => {
             let mut unknown_fields = Vec::new();

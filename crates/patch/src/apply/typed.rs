@@ -451,6 +451,14 @@ fn walk_compare<S: PatchSchema>(
         (Some(a), Some(b)) if !values_equal(a, b) => c.modified.insert(path),
         _ => {}
     };
+    // An unchanged subtree holds no change: one equality pass is far cheaper than walking it
+    // with schema lookups and paths (a status write leaves the whole spec as it was).
+    if let (Some(a), Some(b)) = (l, r)
+        && (a.is_object() || a.is_array())
+        && values_equal(a, b)
+    {
+        return;
+    }
     let shape = match (l, r) {
         (None, None) => return,
         (Some(v), None) | (None, Some(v)) => v,
