@@ -10,16 +10,15 @@
 //! lost. Writes go through `Api<Pod>`, or `Api<CachedPod>` where the answer is only cached.
 
 use std::borrow::Cow;
-use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{Affinity, ContainerPort, ContainerState, EphemeralVolumeSource, PersistentVolumeClaimVolumeSource, Pod, PodIP, Toleration};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
 use k8s_openapi::NamespaceResourceScope;
 use serde::{Deserialize, Deserializer};
 
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct CachedPod {
-    #[serde(default, deserialize_with = "meta_without_managed_fields")]
+    #[serde(default, deserialize_with = "scheduler::decode::meta_without_managed_fields")]
     pub metadata: ObjectMeta,
     #[serde(default)]
     pub spec: Option<CachedPodSpec>,
@@ -110,65 +109,6 @@ pub struct CachedContainerStatus {
     pub restart_count: i32,
     #[serde(default)]
     pub state: Option<ContainerState>,
-}
-
-/// ObjectMeta as a controller needs it: no managedFields (often the largest part of an object)
-/// and no last-applied annotation. Listed field by field so serde skips the rest unbuilt.
-fn meta_without_managed_fields<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(rename_all = "camelCase")]
-    struct Meta {
-        #[serde(default)]
-        annotations: Option<BTreeMap<String, String>>,
-        #[serde(default)]
-        creation_timestamp: Option<Time>,
-        #[serde(default)]
-        deletion_grace_period_seconds: Option<i64>,
-        #[serde(default)]
-        deletion_timestamp: Option<Time>,
-        #[serde(default)]
-        finalizers: Option<Vec<String>>,
-        #[serde(default)]
-        generate_name: Option<String>,
-        #[serde(default)]
-        generation: Option<i64>,
-        #[serde(default)]
-        labels: Option<BTreeMap<String, String>>,
-        #[serde(default)]
-        name: Option<String>,
-        #[serde(default)]
-        namespace: Option<String>,
-        #[serde(default)]
-        owner_references: Option<Vec<OwnerReference>>,
-        #[serde(default)]
-        resource_version: Option<String>,
-        #[serde(default)]
-        uid: Option<String>,
-    }
-    let meta = Meta::deserialize(deserializer)?;
-    let annotations = meta.annotations.map(|mut annotations| {
-        annotations.remove("kubectl.kubernetes.io/last-applied-configuration");
-        annotations
-    });
-    Ok(ObjectMeta {
-        annotations: annotations.filter(|a| !a.is_empty()),
-        creation_timestamp: meta.creation_timestamp,
-        deletion_grace_period_seconds: meta.deletion_grace_period_seconds,
-        deletion_timestamp: meta.deletion_timestamp,
-        finalizers: meta.finalizers,
-        generate_name: meta.generate_name,
-        generation: meta.generation,
-        labels: meta.labels,
-        name: meta.name,
-        namespace: meta.namespace,
-        owner_references: meta.owner_references.map(|mut refs| {
-            refs.shrink_to_fit();
-            refs
-        }),
-        resource_version: meta.resource_version,
-        uid: meta.uid,
-        ..Default::default()
-    })
 }
 
 fn claim_volumes<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Option<Vec<CachedVolume>>, D::Error> {
@@ -269,7 +209,7 @@ mod tests {
         }))
         .expect("decodes");
         assert!(pod.metadata.managed_fields.is_none());
-        assert_eq!(pod.metadata.annotations, Some(BTreeMap::from([("keep".to_string(), "me".to_string())])));
+        assert_eq!(pod.metadata.annotations, Some(std::collections::BTreeMap::from([("keep".to_string(), "me".to_string())])));
         assert_eq!(pod.metadata.owner_references.as_ref().map(Vec::len), Some(1));
         assert!(pod.metadata.deletion_timestamp.is_some());
         let spec = pod.spec.as_ref().expect("spec");

@@ -23,6 +23,7 @@ use tokio::task::JoinSet;
 
 use crate::algorithm::{Cursor, ScheduleError, schedule};
 use crate::cluster::Cluster;
+use crate::decode::WatchedPod;
 use crate::filters::Plugin;
 use crate::model::PodInfo;
 use crate::preemption::{Preemption, preempt};
@@ -283,13 +284,13 @@ trait Watched: kube::Resource<DynamicType = ()> + Clone + k8s_openapi::serde::de
     fn keys(state: &State) -> Vec<String>;
 }
 
-impl Watched for Pod {
+impl Watched for WatchedPod {
     const SYNCED: u8 = SYNCED_PODS;
     fn key(&self) -> Option<String> {
-        self.metadata.uid.clone()
+        self.0.metadata.uid.clone()
     }
     fn apply(self, state: &mut State, now: Instant) -> bool {
-        state.apply_pod(self, now)
+        state.apply_pod(self.0, now)
     }
     fn delete(state: &mut State, key: &str, now: Instant) -> bool {
         state.delete_pod(key, now)
@@ -770,7 +771,7 @@ impl Running {
         // Terminal pods hold nothing, so the server filters them out (upstream's informer does
         // the same); one leaving the selector arrives as a deletion.
         let pods = watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
-        tasks.spawn(watch(Api::<Pod>::all(client.clone()), pods, shared.clone()));
+        tasks.spawn(watch(Api::<WatchedPod>::all(client.clone()), pods, shared.clone()));
         tasks.spawn(watch(Api::<Node>::all(client.clone()), watcher::Config::default(), shared.clone()));
         tasks.spawn(watch(Api::<Namespace>::all(client.clone()), watcher::Config::default(), shared.clone()));
         tasks.spawn(watch(Api::<PriorityClass>::all(client.clone()), watcher::Config::default(), shared.clone()));

@@ -14,6 +14,7 @@
 
 mod algorithm;
 mod cluster;
+pub mod decode;
 mod driver;
 mod filters;
 pub mod leader;
