@@ -17,6 +17,7 @@ use k8s_openapi::api::core::v1::{
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
+use scheduler::decode::WatchedPod;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
 use kube::runtime::{WatchStreamExt, watcher};
 use serde_json::json;
@@ -146,7 +147,8 @@ pub(crate) fn start(sim: &Arc<Sim>, tasks: &mut JoinSet<()>) {
 }
 
 async fn watch(pods: Arc<Pods>) {
-    let api: Api<Pod> = Api::all(pods.sim.client.clone());
+    // Decoded without managedFields (never read here), as the scheduler's watch does.
+    let api: Api<WatchedPod> = Api::all(pods.sim.client.clone());
     // Only bound pods; which node is checked here, so one watch serves every simulated node.
     let config = watcher::Config::default().fields("spec.nodeName!=");
     loop {
@@ -155,18 +157,18 @@ async fn watch(pods: Arc<Pods>) {
         while let Some(event) = stream.next().await {
             match event {
                 Ok(watcher::Event::Init) => fresh = Some(HashMap::new()),
-                Ok(watcher::Event::InitApply(pod)) => {
+                Ok(watcher::Event::InitApply(WatchedPod(pod))) => {
                     if let (Some(fresh), Some(view)) = (fresh.as_mut(), pods.view(&pod)) {
                         fresh.insert(view.uid.clone(), view);
                     }
                 }
                 Ok(watcher::Event::InitDone) => pods.resync(fresh.take().unwrap_or_default()),
-                Ok(watcher::Event::Apply(pod)) => {
+                Ok(watcher::Event::Apply(WatchedPod(pod))) => {
                     if let Some(view) = pods.view(&pod) {
                         pods.observe(view, false);
                     }
                 }
-                Ok(watcher::Event::Delete(pod)) => {
+                Ok(watcher::Event::Delete(WatchedPod(pod))) => {
                     if let Some(uid) = pod.metadata.uid.as_deref() {
                         pods.forget(uid);
                     }
@@ -331,11 +333,11 @@ impl Pods {
             self.queue.forget(uid);
             return;
         };
-        let api: Api<Pod> = Api::namespaced(self.sim.client.clone(), &plan.target.namespace);
+        let api: Api<WatchedPod> = Api::namespaced(self.sim.client.clone(), &plan.target.namespace);
         let result = match plan.action {
             Action::Nothing => Ok(()),
             Action::Status { body, then_delete } => match api.patch_status(&plan.target.name, &PatchParams { field_manager: Some(FIELD_MANAGER.into()), ..Default::default() }, &Patch::Strategic(body)).await {
-                Ok(pod) => {
+                Ok(WatchedPod(pod)) => {
                     if let Some(view) = self.view(&pod) {
                         self.observe(view, true);
                     }
@@ -369,7 +371,7 @@ impl Pods {
 
     /// Deletes the pod for good, as the kubelet does once its containers are stopped: grace
     /// period zero, only if it is still the same pod.
-    async fn delete(&self, api: &Api<Pod>, target: &Target) -> Result<(), (kube::Error, &'static ErrorLog)> {
+    async fn delete(&self, api: &Api<WatchedPod>, target: &Target) -> Result<(), (kube::Error, &'static ErrorLog)> {
         let params = DeleteParams {
             grace_period_seconds: Some(0),
             preconditions: Some(Preconditions { uid: Some(target.uid.to_string()), resource_version: None }),
