@@ -186,7 +186,7 @@ pub async fn start(client: kube::Client, config: AgentConfig) -> Result<RunningA
     tasks.spawn(network::run(client.clone(), config.node_name.clone(), config.node_ip.clone()));
     tasks.spawn(eviction::run(ctx.clone(), thresholds, pressure, config.dir.clone(), paths.dir.join("root")));
     let manifests = config.pod_manifest_path.clone().unwrap_or_else(|| config.dir.join("manifests"));
-    tasks.spawn(static_pods::run(client.clone(), config.node_name.clone(), manifests));
+    tasks.spawn(static_pods::run(ctx.clone(), manifests));
     tasks.spawn(pods::run(ctx.clone()));
     tasks.spawn(stats::run(ctx.clone()));
     tasks.spawn(storage::run(ctx.clone()));
