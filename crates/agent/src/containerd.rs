@@ -293,10 +293,13 @@ async fn spawn(paths: &ContainerdPaths) -> Result<Child, ContainerdError> {
     let mut command = Command::new("containerd");
     // containerd goes when the agent goes, even killed without a chance to clean up (containers
     // live on in their shims; the next agent's containerd picks them up).
+    // The agent's own allocator turns transparent huge pages off for the agent's process; that
+    // flag is inherited, and containerd, its shims and every container would otherwise run
+    // with THP off whatever the machine's setting.
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
     unsafe {
         command.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 || libc::prctl(libc::PR_SET_THP_DISABLE, 0, 0, 0, 0) != 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())

@@ -45,7 +45,7 @@ fn a_pod_runs_in_a_container_and_its_logs_show() {
     assert!(node["spec"]["podCIDR"].as_str().is_some_and(|c| c.ends_with("/24")), "{node}");
     assert!(node["status"]["capacity"]["cpu"].as_str().is_some_and(|c| c.parse::<u32>().unwrap_or(0) >= 1));
 
-    server.ok(&["run", "hello", "--image=berth.dev/busybox:1", "--restart=Never", "--", "sh", "-c", "echo to stderr >&2; sleep 1; echo hello from a container; echo pod ip $(hostname -i)"]);
+    server.ok(&["run", "hello", "--image=berth.dev/busybox:1", "--restart=Never", "--", "sh", "-c", "echo to stderr >&2; sleep 1; grep THP_enabled /proc/self/status; echo hello from a container; echo pod ip $(hostname -i)"]);
     let p = wait_pod(&server, "hello", "Succeeded", |p| phase(p) == "Succeeded");
     let status = container_status(&p, "hello");
     assert_eq!(status["state"]["terminated"]["exitCode"], 0);
@@ -59,6 +59,12 @@ fn a_pod_runs_in_a_container_and_its_logs_show() {
     assert!(logs.contains("hello from a container\n"), "{logs}");
     assert!(logs.contains("to stderr\n"), "{logs}");
     assert!(logs.contains(&format!("pod ip {ip}")), "the container sees its pod IP: {logs}");
+    // The server's allocator turns transparent huge pages off for its own process; containers
+    // must not inherit that, so they see what any process on this machine sees.
+    let own_thp = std::fs::read_to_string("/proc/self/status").unwrap_or_default().lines().find(|l| l.starts_with("THP_enabled:")).map(str::to_string);
+    if let Some(own_thp) = own_thp {
+        assert!(logs.contains(&format!("{own_thp}\n")), "the container's {own_thp}: {logs}");
+    }
     assert_eq!(server.ok(&["logs", "hello", "--tail=1"]), format!("pod ip {ip}\n"));
     let stamped = server.ok(&["logs", "hello", "--timestamps", "--tail=1"]);
     assert!(stamped.split_once(' ').is_some_and(|(t, rest)| t.contains('T') && rest == format!("pod ip {ip}\n")), "{stamped}");
