@@ -2,7 +2,9 @@
 //! with `$(VAR)` references expanded against what came before, and values from ConfigMaps,
 //! Secrets, the pod itself (downward API) and the container's resources.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use k8s_openapi::api::core::v1::{ConfigMap, Container, Pod, Secret};
 use kube::{Api, Client};
@@ -26,13 +28,41 @@ pub enum ConfigError {
     Api { what: String, source: kube::Error },
 }
 
-/// Fetches ConfigMaps and Secrets of one namespace, once each per container start.
+/// How long a ConfigMap or Secret read for one pod's volumes serves the other pods' volume
+/// refreshes.
+const SHARED_FOR: Duration = Duration::from_secs(5);
+
+/// ConfigMaps and Secrets read for volume refreshes, shared by all pod workers for a few
+/// seconds. Every pod refreshes its volumes every 10 s, and every pod mounts its namespace's
+/// `kube-root-ca.crt`: unshared, 100 pods on a node cost the API server 10 GETs a second, for
+/// as long as they run. Only objects that exist are shared, so a ConfigMap created just before
+/// its pod is never hidden behind an earlier "not found".
+#[derive(Default)]
+pub struct SharedSources {
+    configmaps: Mutex<HashMap<(String, String), (Instant, ConfigMap)>>,
+    secrets: Mutex<HashMap<(String, String), (Instant, Secret)>>,
+}
+
+fn shared_get<T: Clone>(map: &Mutex<HashMap<(String, String), (Instant, T)>>, namespace: &str, name: &str) -> Option<T> {
+    let map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.get(&(namespace.to_string(), name.to_string())).filter(|(at, _)| at.elapsed() < SHARED_FOR).map(|(_, object)| object.clone())
+}
+
+fn shared_put<T>(map: &Mutex<HashMap<(String, String), (Instant, T)>>, namespace: &str, name: &str, object: T) {
+    let mut map = map.lock().unwrap_or_else(|e| e.into_inner());
+    map.retain(|_, (at, _)| at.elapsed() < SHARED_FOR);
+    map.insert((namespace.to_string(), name.to_string()), (Instant::now(), object));
+}
+
+/// Fetches ConfigMaps and Secrets of one namespace, once each per container start (or per
+/// volume refresh, shared with other pods' refreshes when built with `with_shared`).
 pub struct Sources {
     configmaps: Api<ConfigMap>,
     secrets: Api<Secret>,
     namespace: String,
     cache_cm: BTreeMap<String, Option<ConfigMap>>,
     cache_secret: BTreeMap<String, Option<Secret>>,
+    shared: Option<Arc<SharedSources>>,
 }
 
 impl Sources {
@@ -43,14 +73,26 @@ impl Sources {
             namespace: namespace.to_string(),
             cache_cm: BTreeMap::new(),
             cache_secret: BTreeMap::new(),
+            shared: None,
         }
+    }
+
+    pub fn with_shared(client: Client, namespace: &str, shared: Arc<SharedSources>) -> Self {
+        Self { shared: Some(shared), ..Self::new(client, namespace) }
     }
 
     pub async fn configmap(&mut self, name: &str) -> Result<Option<ConfigMap>, ConfigError> {
         if let Some(found) = self.cache_cm.get(name) {
             return Ok(found.clone());
         }
+        if let Some(found) = self.shared.as_ref().and_then(|s| shared_get(&s.configmaps, &self.namespace, name)) {
+            self.cache_cm.insert(name.to_string(), Some(found.clone()));
+            return Ok(Some(found));
+        }
         let found = self.configmaps.get_opt(name).await.map_err(|source| ConfigError::Api { what: format!("configmap {name}"), source })?;
+        if let (Some(shared), Some(object)) = (&self.shared, &found) {
+            shared_put(&shared.configmaps, &self.namespace, name, object.clone());
+        }
         self.cache_cm.insert(name.to_string(), found.clone());
         Ok(found)
     }
@@ -59,7 +101,14 @@ impl Sources {
         if let Some(found) = self.cache_secret.get(name) {
             return Ok(found.clone());
         }
+        if let Some(found) = self.shared.as_ref().and_then(|s| shared_get(&s.secrets, &self.namespace, name)) {
+            self.cache_secret.insert(name.to_string(), Some(found.clone()));
+            return Ok(Some(found));
+        }
         let found = self.secrets.get_opt(name).await.map_err(|source| ConfigError::Api { what: format!("secret {name}"), source })?;
+        if let (Some(shared), Some(object)) = (&self.shared, &found) {
+            shared_put(&shared.secrets, &self.namespace, name, object.clone());
+        }
         self.cache_secret.insert(name.to_string(), found.clone());
         Ok(found)
     }
@@ -254,6 +303,22 @@ pub fn expand(text: &str, env: &[(String, String)]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_sources_serve_for_a_few_seconds_then_expire() {
+        let shared = SharedSources::default();
+        let cm = |v: &str| ConfigMap { data: Some(BTreeMap::from([("k".to_string(), v.to_string())])), ..Default::default() };
+        assert!(shared_get(&shared.configmaps, "ns", "a").is_none());
+        shared_put(&shared.configmaps, "ns", "a", cm("1"));
+        assert_eq!(shared_get(&shared.configmaps, "ns", "a").and_then(|c| c.data), cm("1").data);
+        assert!(shared_get(&shared.configmaps, "other", "a").is_none(), "namespaces are apart");
+        // An entry older than SHARED_FOR is not served, and goes at the next insert.
+        let old = Instant::now().checked_sub(SHARED_FOR + Duration::from_secs(1)).expect("clock far enough from boot");
+        shared.configmaps.lock().unwrap().insert(("ns".into(), "b".into()), (old, cm("stale")));
+        assert!(shared_get(&shared.configmaps, "ns", "b").is_none());
+        shared_put(&shared.configmaps, "ns", "c", cm("3"));
+        assert!(!shared.configmaps.lock().unwrap().contains_key(&("ns".to_string(), "b".to_string())));
+    }
 
     #[test]
     fn expands_references_escapes_and_leaves_unknown_ones() {

@@ -169,6 +169,7 @@ pub async fn start(client: kube::Client, config: AgentConfig) -> Result<RunningA
         recorder: recorder.clone(),
         pods: Default::default(),
         tokens: Default::default(),
+        sources: Default::default(),
         stats: Default::default(),
         starts: tokio::sync::Semaphore::new(pods::sandbox_concurrency()),
     });

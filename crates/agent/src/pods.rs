@@ -49,6 +49,8 @@ pub struct Context {
     pub pods: Mutex<HashMap<String, Arc<Pod>>>,
     /// Service account tokens of projected volumes.
     pub tokens: crate::tokens::TokenCache,
+    /// ConfigMaps and Secrets that volume refreshes share.
+    pub sources: Arc<crate::env::SharedSources>,
     /// Resource usage for `kubectl top` (the endpoint's `/stats/resource`).
     pub stats: crate::stats::ResourceStats,
     /// Bounds how many sandboxes are created at once (see `sandbox_concurrency`).
@@ -556,7 +558,7 @@ async fn sync_pod(ctx: &Context, pod: &Pod, state: &mut PodState) -> Result<Dura
 
     // Volumes, refreshed every resync so ConfigMap and Secret changes reach the files.
     if state.volumes_at.is_none_or(|at| at.elapsed() >= RESYNC) {
-        let mut sources = Sources::new(ctx.client.clone(), &pod.namespace().unwrap_or_default());
+        let mut sources = Sources::with_shared(ctx.client.clone(), &pod.namespace().unwrap_or_default(), ctx.sources.clone());
         let claim_paths = crate::storage::claim_paths(ctx, pod).await;
         let claims = |name: &str| claim_paths.get(name).cloned().unwrap_or_else(|| Err(format!("persistentvolumeclaim \"{name}\" was not looked up")));
         let pod_tokens = crate::tokens::pod_tokens(ctx, pod).await;
