@@ -1017,13 +1017,24 @@ pub async fn run(ctx: Arc<Context>) {
             _ = relist.tick(), if synced_once => {
                 match relist_fingerprints(&ctx.cri).await {
                     Ok(current) => {
-                        let map = workers.lock().unwrap_or_else(|e| e.into_inner());
-                        for (uid, print) in &current {
-                            if fingerprints.get(uid) != Some(print)
-                                && let Some(handle) = map.get(uid)
-                            {
-                                handle.poke.notify_one();
+                        let mut orphans = Vec::new();
+                        {
+                            let map = workers.lock().unwrap_or_else(|e| e.into_inner());
+                            for (uid, print) in &current {
+                                match map.get(uid) {
+                                    Some(handle) if fingerprints.get(uid) != Some(print) => handle.poke.notify_one(),
+                                    Some(_) => {}
+                                    // Sandboxes are only made by workers, and workers only for
+                                    // pods the watch delivered: one with no worker belongs to no
+                                    // pod in the API (its worker ended, or it was made behind the
+                                    // agent's back). A worker with no pod removes it.
+                                    None => orphans.push(uid.clone()),
+                                }
                             }
+                        }
+                        for uid in orphans {
+                            tracing::info!(%uid, "removing a pod the API does not have from the runtime");
+                            spawn_or_update(&mut tasks, uid, None);
                         }
                         fingerprints = current;
                     }
