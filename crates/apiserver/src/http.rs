@@ -20,6 +20,22 @@ use crate::{discovery, list, metrics::Metrics, openapi_docs::OpenApiDocs, patchi
 
 pub type Body = UnsyncBoxBody<Bytes, Infallible>;
 
+/// A request body from any transport: a network connection, or an in-process component
+/// (see [`crate::in_process`]).
+pub type RequestBody = http_body_util::combinators::BoxBody<Bytes, BodyError>;
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Reading a request body failed (the connection broke). A concrete type rather than a boxed
+/// error: rustc cannot prove the boxed one's lifetime bounds inside the handlers' futures.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BodyError(pub String);
+
+/// A request from a network connection, as the handlers take it.
+pub fn from_network(req: http::Request<hyper::body::Incoming>) -> http::Request<RequestBody> {
+    req.map(|body| body.map_err(|e| BodyError(e.to_string())).boxed())
+}
+
 /// Upstream's limit on request bodies.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
@@ -154,7 +170,7 @@ pub fn render(code: u16, value: &Value, format: Format) -> Response<Body> {
 }
 
 /// Reads a request body up to the size limit and decodes JSON or YAML into a value.
-pub async fn read_body(body: hyper::body::Incoming) -> ApiResult<Bytes> {
+pub async fn read_body(body: RequestBody) -> ApiResult<Bytes> {
     match Limited::new(body, MAX_BODY_BYTES).collect().await {
         Ok(collected) => Ok(collected.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -241,7 +257,7 @@ fn is_public(path: &str) -> bool {
     matches!(path, "/healthz" | "/livez" | "/readyz" | "/version") || path.starts_with("/healthz/") || path.starts_with("/livez/") || path.starts_with("/readyz/")
 }
 
-pub async fn handle(server: Arc<Server>, req: http::Request<hyper::body::Incoming>, identity: Option<Identity>) -> Response<Body> {
+pub async fn handle(server: Arc<Server>, req: http::Request<RequestBody>, identity: Option<Identity>) -> Response<Body> {
     let started = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
@@ -272,7 +288,7 @@ async fn bearer_identity(server: &Server, headers: &HeaderMap) -> Option<Identit
 }
 
 /// Dispatches; returns the verb and resource for metrics with the response.
-async fn route(server: &Arc<Server>, req: http::Request<hyper::body::Incoming>) -> (&'static str, String, Response<Body>) {
+async fn route(server: &Arc<Server>, req: http::Request<RequestBody>) -> (&'static str, String, Response<Body>) {
     let path = req.uri().path().to_string();
     let segs = segments(&path);
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
@@ -363,7 +379,7 @@ fn with_warnings(mut resp: Response<Body>, warnings: &[String]) -> Response<Body
     resp
 }
 
-async fn serve_resource(server: &Arc<Server>, req: http::Request<hyper::body::Incoming>, target: Target) -> Served {
+async fn serve_resource(server: &Arc<Server>, req: http::Request<RequestBody>, target: Target) -> Served {
     let query = Query::parse(req.uri().query());
     let method = req.method().clone();
     let headers = req.headers().clone();
@@ -521,7 +537,7 @@ fn header_str(headers: &HeaderMap, name: header::HeaderName) -> String {
     headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or("").to_string()
 }
 
-async fn delete_options(query: &Query, content_type: &str, body: hyper::body::Incoming) -> ApiResult<DeleteOptions> {
+async fn delete_options(query: &Query, content_type: &str, body: RequestBody) -> ApiResult<DeleteOptions> {
     let mut opts = DeleteOptions {
         grace_period_seconds: match query.get("gracePeriodSeconds") {
             Some(g) => Some(g.parse().map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?),

@@ -20,6 +20,7 @@ pub mod discovery;
 pub mod eviction;
 pub mod join;
 pub mod http;
+pub mod in_process;
 pub mod list;
 pub mod metrics;
 pub mod node_proxy;
@@ -173,10 +174,10 @@ pub async fn serve(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
                     }
                 };
                 let identity = tls.get_ref().1.peer_certificates().and_then(|certs| certs.first()).and_then(|c| tls::identity_from_cert(c));
-                let service = service_fn(move |req| {
+                let service = service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
                     let server = server.clone();
                     let identity = identity.clone();
-                    async move { Ok::<_, std::convert::Infallible>(http::handle(server, req, identity).await) }
+                    async move { Ok::<_, std::convert::Infallible>(http::handle(server, http::from_network(req), identity).await) }
                 });
                 let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
                 builder.http2().max_concurrent_streams(1000);

@@ -468,7 +468,7 @@ fn respond(value: &Value, format: Format, query: &Query) -> ApiResult<Response<B
 
 /// Serves everything under `/apis/metrics.k8s.io`; `rest` is the path after it. Returns the verb
 /// and resource for request metrics with the response.
-pub async fn route(server: &Arc<Server>, req: http::Request<hyper::body::Incoming>, rest: &[&str]) -> (&'static str, String, Response<Body>) {
+pub async fn route(server: &Arc<Server>, req: http::Request<crate::http::RequestBody>, rest: &[&str]) -> (&'static str, String, Response<Body>) {
     if req.method() != Method::GET && req.method() != Method::HEAD {
         return ("", String::new(), error_response(&ApiError::method_not_allowed("the server does not allow this method on the requested resource")));
     }

@@ -125,7 +125,7 @@ impl Pki {
         let admin_cert_path = dir.join("admin.crt");
         let admin_key_path = dir.join("admin.key");
         if !admin_cert_path.exists() || !admin_key_path.exists() {
-            let (cert, key) = issue_client_cert(&issuer, "admin", &["system:masters"])?;
+            let (cert, key) = issue_client_cert(&issuer, ADMIN_USER, &[ADMIN_GROUP])?;
             write(&admin_key_path, &key, true)?;
             write(&admin_cert_path, &cert, false)?;
         }
@@ -209,10 +209,21 @@ fn issue_client_cert(issuer: &Issuer<'_, KeyPair>, user: &str, groups: &[&str]) 
 }
 
 /// Who a verified client certificate names: CN is the user, O entries are groups.
+/// The admin user of the generated admin kubeconfig, and its group.
+pub const ADMIN_USER: &str = "admin";
+pub const ADMIN_GROUP: &str = "system:masters";
+
 #[derive(Clone, Debug, Default)]
 pub struct Identity {
     pub user: String,
     pub groups: Vec<String>,
+}
+
+impl Identity {
+    /// Who the admin kubeconfig authenticates as; in-process components act as it too.
+    pub fn admin() -> Self {
+        Identity { user: ADMIN_USER.to_string(), groups: vec![ADMIN_GROUP.to_string()] }
+    }
 }
 
 /// Reads the subject of a DER certificate well enough to get CN and O (the full X.509 parse is not

@@ -39,3 +39,19 @@ pub fn build(config: kube::Config) -> Result<kube::Client, kube::Error> {
         .service(http.build(connector));
     Ok(kube::Client::new(service, config.default_namespace))
 }
+
+/// A client that hands its requests to `service` instead of a connection: the server's own
+/// components use the API server's in-process service. Server errors are retried as [`build`]
+/// retries them; authentication and the User-Agent are the service's business. Must be called
+/// within the runtime the client will be used on.
+pub fn over_service<S, B>(service: S) -> kube::Client
+where
+    S: tower::Service<http::Request<kube::client::Body>, Response = http::Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: http_body::Body<Data = bytes::Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    let service = ServiceBuilder::new().layer(RetryLayer::new(RetryPolicy::server_retry())).map_err(Into::<BoxError>::into).service(service);
+    kube::Client::new(service, "default")
+}

@@ -62,13 +62,14 @@ pub struct Running {
 }
 
 impl Running {
-    /// Starts every controller with a client built from `config` inside the new runtime (a
-    /// client's connections live on the runtime that made them, and must die with it).
-    pub fn start(config: kube::Config, options: Options) -> std::io::Result<Self> {
+    /// Starts every controller with a client from `make_client`, called inside the new runtime
+    /// (a client's connections and its request buffer live on the runtime that made them, and
+    /// must die with it).
+    pub fn start(make_client: impl FnOnce() -> Result<kube::Client, kube::Error> + Send + 'static, options: Options) -> std::io::Result<Self> {
         let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("controllers").enable_all().build()?;
         let (exited_tx, exited) = tokio::sync::oneshot::channel();
         runtime.spawn(async move {
-            match client::build(config) {
+            match make_client() {
                 Ok(client) => run_all(client, options).await,
                 Err(error) => tracing::error!(%error, "building the controllers' client"),
             }

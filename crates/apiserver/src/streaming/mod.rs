@@ -23,7 +23,6 @@ pub mod websocket;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Empty};
-use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde_json::Value;
 
@@ -189,7 +188,7 @@ fn client_protocol(kind: Kind, headers: &HeaderMap) -> ApiResult<ClientProtocol>
 }
 
 /// `GET|POST .../pods/{name}/exec|attach|portforward`.
-pub async fn serve(server: &Server, pod_def: &ResourceDef, namespace: &str, name: &str, kind: Kind, mut req: Request<Incoming>) -> ApiResult<Response<Body>> {
+pub async fn serve(server: &Server, pod_def: &ResourceDef, namespace: &str, name: &str, kind: Kind, mut req: Request<crate::http::RequestBody>) -> ApiResult<Response<Body>> {
     if req.method() != Method::GET && req.method() != Method::POST {
         return Err(ApiError::method_not_allowed("the server does not allow this method on the requested resource"));
     }
