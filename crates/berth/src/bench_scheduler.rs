@@ -140,7 +140,14 @@ pub async fn run(args: SchedulerBench) -> anyhow::Result<()> {
     let mut first_bound: Option<Instant> = None;
     let mut last_bound = start;
     let deadline = start + Duration::from_secs(1800);
+    // Progress every 10 s, so a phase that lags (binding, or reporting Running) shows.
+    let mut next_progress = start + Duration::from_secs(10);
     while running < args.pods && Instant::now() < deadline {
+        if Instant::now() >= next_progress {
+            let cpu: Vec<String> = measured.iter().zip(&cpu_before).filter_map(|((what, pid), before)| Some(format!("{what} {:.1} s", cpu_seconds(*pid)? - (*before)?))).collect();
+            println!("  at {:>4.0} s: {} bound, {running} Running; CPU {}", start.elapsed().as_secs_f64(), bound_at.len(), cpu.join(", "));
+            next_progress += Duration::from_secs(10);
+        }
         let Ok(Some((name, bound, is_running, at))) = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await else { break };
         seen.entry(name.clone()).or_insert(at);
         if bound && !bound_at.contains_key(&name) {
