@@ -74,10 +74,49 @@ fn quote(s: &str) -> String {
 }
 
 /// One owner's fields.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 pub(crate) struct Owned {
     pub set: FieldSet,
     pub api_version: String,
+    /// `set` as `FieldsV1`, when it was read from a stored object and has not changed since:
+    /// written back as it was instead of encoding the set again. Most writes change one
+    /// manager's fields, and encoding every other manager's was a tenth of a pod status write.
+    encoded: Option<Value>,
+}
+
+impl Owned {
+    pub(crate) fn new(set: FieldSet, api_version: String) -> Self {
+        Owned { set, api_version, encoded: None }
+    }
+
+    /// Gives up `fields`; a set that changes is encoded afresh.
+    pub(crate) fn remove_fields(&mut self, fields: &FieldSet) {
+        let rest = self.set.difference(fields);
+        if rest != self.set {
+            self.set = rest;
+            self.encoded = None;
+        }
+    }
+
+    fn fields_v1(&self) -> Value {
+        self.encoded.clone().unwrap_or_else(|| self.set.to_fields_v1())
+    }
+}
+
+/// Owners compare by what they own, however they were read.
+impl PartialEq for Owned {
+    fn eq(&self, other: &Self) -> bool {
+        self.set == other.set && self.api_version == other.api_version
+    }
+}
+
+/// Where managedFields were read from: a stored object (written in this encoding by the server,
+/// so each entry's `fieldsV1` may be written back verbatim), or a client's request (encoded
+/// afresh, in the server's canonical form).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Source {
+    Stored,
+    Request,
 }
 
 /// All owners of an object, with the time each last changed something.
@@ -88,7 +127,7 @@ pub(crate) struct ManagedFields {
 }
 
 /// Reads `metadata.managedFields`; absent or null is empty.
-pub(crate) fn decode(obj: &Value) -> Result<ManagedFields, String> {
+pub(crate) fn decode(obj: &Value, source: Source) -> Result<ManagedFields, String> {
     let mut out = ManagedFields::default();
     let entries = match obj.get("metadata").and_then(|m| m.get("managedFields")) {
         None | Some(Value::Null) => return Ok(out),
@@ -133,11 +172,16 @@ pub(crate) fn decode(obj: &Value) -> Result<ManagedFields, String> {
         if let Some(t) = e.get("time").and_then(Value::as_str) {
             out.times.insert(id.clone(), t.to_string());
         }
+        let encoded = match (source, e.get("fieldsV1")) {
+            (Source::Stored, Some(v @ Value::Object(_))) => Some(v.clone()),
+            _ => None,
+        };
         out.fields.insert(
             id,
             Owned {
                 set,
                 api_version: api_version.to_string(),
+                encoded,
             },
         );
     }
@@ -206,7 +250,7 @@ pub(crate) fn encode_into(obj: &mut Value, managed: &ManagedFields) {
                 e.insert("time".into(), Value::String(t.clone()));
             }
             e.insert("fieldsType".into(), Value::String("FieldsV1".into()));
-            e.insert("fieldsV1".into(), owned.set.to_fields_v1());
+            e.insert("fieldsV1".into(), owned.fields_v1());
             if !id.subresource.is_empty() {
                 e.insert("subresource".into(), Value::String(id.subresource.clone()));
             }
@@ -315,13 +359,7 @@ pub(crate) fn cap_update_managers(managed: &mut ManagedFields) {
                     .get(&bucket)
                     .map(|o| o.set.clone())
                     .unwrap_or_default();
-                managed.fields.insert(
-                    bucket.clone(),
-                    Owned {
-                        set: owned.set.union(&bucket_set),
-                        api_version: version,
-                    },
-                );
+                managed.fields.insert(bucket.clone(), Owned::new(owned.set.union(&bucket_set), version));
                 managed.fields.remove(&id);
                 managed.times.remove(&id);
                 match time {
@@ -357,29 +395,29 @@ mod tests {
     fn decode_rejects_bad_entries() {
         let obj = |e: Value| json!({"metadata": {"managedFields": [e]}});
         let ok = json!({"manager": "m", "operation": "Apply", "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {}});
-        assert!(decode(&obj(ok.clone())).is_ok());
+        assert!(decode(&obj(ok.clone()), Source::Request).is_ok());
         let mut bad = ok.clone();
         bad["operation"] = json!("Patch");
         assert_eq!(
-            decode(&obj(bad)).unwrap_err(),
+            decode(&obj(bad), Source::Request).unwrap_err(),
             "operation must be `Apply` or `Update`"
         );
         let mut bad = ok.clone();
         bad["apiVersion"] = json!("");
         assert_eq!(
-            decode(&obj(bad)).unwrap_err(),
+            decode(&obj(bad), Source::Request).unwrap_err(),
             "apiVersion must not be empty"
         );
         let mut bad = ok.clone();
         bad["fieldsType"] = json!("FieldsV2");
         assert_eq!(
-            decode(&obj(bad)).unwrap_err(),
+            decode(&obj(bad), Source::Request).unwrap_err(),
             "invalid fieldsType \"FieldsV2\" in managed fields entry 0"
         );
         let mut bad = ok;
         bad.as_object_mut().map(|m| m.remove("fieldsType"));
         assert_eq!(
-            decode(&obj(bad)).unwrap_err(),
+            decode(&obj(bad), Source::Request).unwrap_err(),
             "missing fieldsType in managed fields entry 0"
         );
     }
@@ -422,13 +460,7 @@ mod tests {
             let set = FieldSet::from_paths([&[super::super::fieldpath::PathElement::Field(
                 format!("f{i}"),
             )][..]]);
-            m.fields.insert(
-                id.clone(),
-                Owned {
-                    set,
-                    api_version: "v1".into(),
-                },
-            );
+            m.fields.insert(id.clone(), Owned::new(set, "v1".into()));
             m.times.insert(id, format!("2024-01-01T00:00:{i:02}Z"));
         }
         cap_update_managers(&mut m);

@@ -19,7 +19,7 @@ use serde_json::{Map, Value};
 pub use fieldpath::{FieldSet, Path, PathElement};
 
 use crate::schema::PatchSchema;
-use managed::{ManagedFields, ManagerId, Operation, Owned};
+use managed::{ManagedFields, ManagerId, Operation, Owned, Source};
 use typed::Mode;
 
 /// kubectl's client-side apply annotation.
@@ -179,7 +179,7 @@ pub fn server_side_apply<S: PatchSchema>(
     })?;
 
     let mut live_obj = live.cloned().unwrap_or_else(|| Value::Object(Map::new()));
-    let managed = managed::decode(&live_obj)
+    let managed = managed::decode(&live_obj, Source::Stored)
         .map_err(|e| ApplyError::Internal(format!("failed to decode managed fields: {e}")))?;
     managed::strip(&mut live_obj);
 
@@ -249,15 +249,22 @@ pub fn record_update_owned<S: PatchSchema>(
     opts: &UpdateOptions<'_>,
 ) -> Value {
     let old_managed = || {
-        old.and_then(|o| managed::decode(o).ok())
+        old.and_then(|o| managed::decode(o, Source::Stored).ok())
             .unwrap_or_default()
     };
     let mut managed = if !opts.subresource.is_empty() {
         old_managed()
     } else if managed::is_reset(&new) {
         ManagedFields::default()
+    } else if old.is_some_and(|o| {
+        // Most updates send back what they read (patches always do): that is the stored
+        // record, whose encoding can be kept.
+        let sent = new.get("metadata").and_then(|m| m.get("managedFields"));
+        sent.is_some_and(|sent| o.get("metadata").and_then(|m| m.get("managedFields")).is_some_and(|stored| fieldpath::values_equal(stored, sent)))
+    }) {
+        old_managed()
     } else {
-        match managed::decode(&new) {
+        match managed::decode(&new, Source::Request) {
             Ok(m) if !m.fields.is_empty() => m,
             _ => old_managed(),
         }
@@ -390,13 +397,9 @@ impl<S: PatchSchema> Updater<'_, S> {
         let last = managed.fields.get(id).map(|o| o.set.clone());
         let set = typed::field_set(config, self.schema(), Mode::Strict)
             .map_err(|e| ApplyError::Internal(format!("failed to get field set: {e}")))?;
-        managed.fields.insert(
-            id.clone(),
-            Owned {
-                set: self.filter(set),
-                api_version: self.api_version.into(),
-            },
-        );
+        managed
+            .fields
+            .insert(id.clone(), Owned::new(self.filter(set), self.api_version.into()));
 
         let new = match last {
             Some(last) if !last.is_empty() => self.prune(&merged, &managed, &last),
@@ -475,13 +478,13 @@ impl<S: PatchSchema> Updater<'_, S> {
         }
         for (id, overlap) in conflicts {
             if let Some(owned) = managed.fields.get_mut(&id) {
-                owned.set = owned.set.difference(&overlap);
+                owned.remove_fields(&overlap);
             }
         }
         if !cmp.removed.is_empty() {
             for (id, owned) in managed.fields.iter_mut() {
                 if id != workflow {
-                    owned.set = owned.set.difference(&cmp.removed);
+                    owned.remove_fields(&cmp.removed);
                 }
             }
         }
@@ -515,13 +518,14 @@ impl<S: PatchSchema> Updater<'_, S> {
                 Some(prev) => set.union(&prev.set),
                 None => set,
             };
-            managed.fields.insert(
-                id.clone(),
-                Owned {
-                    set: merged,
-                    api_version: self.api_version.into(),
-                },
-            );
+            // Rewriting fields it already owns (a status update) leaves the entry, and its
+            // encoding, as it was; only the time moves.
+            let unchanged = managed.fields.get(id).is_some_and(|prev| prev.set == merged && prev.api_version == self.api_version);
+            if !unchanged {
+                managed
+                    .fields
+                    .insert(id.clone(), Owned::new(merged, self.api_version.into()));
+            }
             managed.times.insert(id.clone(), self.now.to_string());
         }
         managed::cap_update_managers(managed);
@@ -554,7 +558,7 @@ impl<S: PatchSchema> Updater<'_, S> {
 /// Identity fields are never owned (upstream's stripMetaManager).
 fn strip_identity(managed: &mut ManagedFields, id: &ManagerId) {
     if let Some(owned) = managed.fields.get_mut(id) {
-        owned.set = owned.set.difference(&strip_set());
+        owned.remove_fields(&strip_set());
         if owned.set.is_empty() {
             managed.fields.remove(id);
             managed.times.remove(id);

@@ -989,3 +989,36 @@ fn apply_to_status_subresource_records_subresource() {
         .unwrap_or_default();
     assert_eq!(keys.last().map(|s| s.as_str()), Some("subresource"));
 }
+
+/// What the server would write if it encoded every entry afresh.
+fn reencoded(obj: &Value) -> Value {
+    let managed = managed::decode(obj, managed::Source::Request).expect("decodable");
+    let mut out = obj.clone();
+    managed::encode_into(&mut out, &managed);
+    out
+}
+
+#[test]
+fn entries_written_back_verbatim_match_a_fresh_encoding() {
+    let live = created_by_update();
+    // Another manager takes a field (the creator's entry shrinks), then rewrites only what it
+    // owns (no entry changes), then a status write adds an owner.
+    let mut new = live.clone();
+    new["spec"]["replicas"] = json!(5);
+    let taken = update(Some(&live), &new, "scaler", T2);
+    assert_eq!(taken, reencoded(&taken));
+    assert!(!owned(&taken, "kubectl-client-side-apply", "Update").has(&path(&["spec", "replicas"])));
+
+    let mut new = taken.clone();
+    new["spec"]["replicas"] = json!(6);
+    let rewritten = update(Some(&taken), &new, "scaler", T3);
+    assert_eq!(rewritten, reencoded(&rewritten));
+    assert_eq!(entries(&rewritten).len(), entries(&taken).len());
+
+    let mut new = rewritten.clone();
+    new["status"] = json!({"replicas": 6});
+    let opts = UpdateOptions { subresource: "status", ..update_opts("kubelet", T3) };
+    let status = record_update(Some(&rewritten), &new, &deployment_schema(), &opts);
+    assert_eq!(status, reencoded(&status));
+    assert!(owned(&status, "kubelet", "Update").has(&path(&["status", "replicas"])));
+}
