@@ -4,7 +4,7 @@
 //! describe (`None` from a lookup) behaves like [`NoSchema`], exactly as upstream treats fields
 //! without struct tags: maps merge, lists are replaced whole.
 
-use serde_json::Value;
+use serde_json::{Map, Value};
 
 /// Patch metadata for one position in an object tree.
 ///
@@ -78,7 +78,29 @@ impl PatchSchema for NoSchema {
 #[derive(Debug, Clone, Copy)]
 pub struct OpenApiSchema<'a> {
     doc: &'a Value,
-    node: &'a Value,
+    /// `components/schemas` (v3) and `definitions` (v2): references resolve with one lookup
+    /// instead of walking a JSON pointer from the document root.
+    schemas: Table<'a>,
+    definitions: Table<'a>,
+    /// The schema objects describing this position (see [`OpenApiSchema::chain`]), resolved
+    /// once when the position is reached: every question asked of a position reads them, and a
+    /// walk over an object asks several per field.
+    chain: Chain<'a>,
+}
+
+/// A table of named schemas in the document, if it has one.
+type Table<'a> = Option<&'a Map<String, Value>>;
+
+/// Most chains are a property and the definition it refers to; longer ones spill to
+/// resolving on every question.
+const INLINE_CHAIN: usize = 6;
+
+#[derive(Debug, Clone, Copy)]
+struct Chain<'a> {
+    nodes: [&'a Value; INLINE_CHAIN],
+    len: usize,
+    /// The chain did not fit: resolve it from `nodes[0]` each time.
+    spilled: bool,
 }
 
 /// Stands in for "any value" (`additionalProperties: true`): no properties, no extensions.
@@ -91,26 +113,65 @@ impl<'a> OpenApiSchema<'a> {
     /// The schema of the named definition, looked up in `components/schemas` (v3) and then in
     /// `definitions` (v2). `None` when the document has no such definition.
     pub fn new(doc: &'a Value, definition: &str) -> Option<Self> {
-        let node = doc
-            .get("components")
-            .and_then(|c| c.get("schemas"))
-            .and_then(|s| s.get(definition))
-            .or_else(|| doc.get("definitions").and_then(|d| d.get(definition)))?;
-        Some(OpenApiSchema { doc, node })
+        let (schemas, definitions) = Self::tables(doc);
+        let node = schemas.and_then(|s| s.get(definition)).or_else(|| definitions.and_then(|d| d.get(definition)))?;
+        Some(Self::from_parts(doc, schemas, definitions, node))
     }
 
     /// A position given directly by its schema object within `doc` (references in `node` are
     /// resolved against `doc`).
     pub fn from_node(doc: &'a Value, node: &'a Value) -> Self {
-        OpenApiSchema { doc, node }
+        let (schemas, definitions) = Self::tables(doc);
+        Self::from_parts(doc, schemas, definitions, node)
+    }
+
+    fn tables(doc: &'a Value) -> (Table<'a>, Table<'a>) {
+        let schemas = doc.get("components").and_then(|c| c.get("schemas")).and_then(Value::as_object);
+        let definitions = doc.get("definitions").and_then(Value::as_object);
+        (schemas, definitions)
+    }
+
+    fn from_parts(doc: &'a Value, schemas: Table<'a>, definitions: Table<'a>, node: &'a Value) -> Self {
+        let mut schema = OpenApiSchema { doc, schemas, definitions, chain: Chain { nodes: [node; INLINE_CHAIN], len: 0, spilled: false } };
+        let mut chain = schema.chain;
+        schema.collect_inline(node, 0, &mut chain);
+        if chain.spilled {
+            chain.nodes[0] = node;
+        }
+        schema.chain = chain;
+        schema
+    }
+
+    /// [`OpenApiSchema::collect`] into the inline chain, giving up when it is full.
+    fn collect_inline(&self, node: &'a Value, depth: usize, chain: &mut Chain<'a>) {
+        if chain.spilled || depth > MAX_CHAIN {
+            return;
+        }
+        if chain.len == INLINE_CHAIN {
+            chain.spilled = true;
+            return;
+        }
+        chain.nodes[chain.len] = node;
+        chain.len += 1;
+        if let Some(target) = node.get("$ref").and_then(Value::as_str).and_then(|r| self.resolve(r)) {
+            self.collect_inline(target, depth + 1, chain);
+        }
+        if let Some(all) = node.get("allOf").and_then(Value::as_array) {
+            for member in all {
+                self.collect_inline(member, depth + 1, chain);
+            }
+        }
     }
 
     /// The schema objects that describe this position, outermost first: the node itself, then
     /// what its `$ref` points at, and the members of `allOf`, depth-first.
-    fn chain(&self) -> Vec<&'a Value> {
-        let mut out = Vec::new();
-        self.collect(self.node, 0, &mut out);
-        out
+    fn for_each_in_chain<T>(&self, mut f: impl FnMut(&'a Value) -> Option<T>) -> Option<T> {
+        if self.chain.spilled {
+            let mut all = Vec::new();
+            self.collect(self.chain.nodes[0], 0, &mut all);
+            return all.into_iter().find_map(f);
+        }
+        self.chain.nodes[..self.chain.len].iter().find_map(|n| f(n))
     }
 
     fn collect(&self, node: &'a Value, depth: usize, out: &mut Vec<&'a Value>) {
@@ -118,11 +179,7 @@ impl<'a> OpenApiSchema<'a> {
             return;
         }
         out.push(node);
-        if let Some(target) = node
-            .get("$ref")
-            .and_then(Value::as_str)
-            .and_then(|r| self.resolve(r))
-        {
+        if let Some(target) = node.get("$ref").and_then(Value::as_str).and_then(|r| self.resolve(r)) {
             self.collect(target, depth + 1, out);
         }
         if let Some(all) = node.get("allOf").and_then(Value::as_array) {
@@ -133,13 +190,23 @@ impl<'a> OpenApiSchema<'a> {
     }
 
     fn resolve(&self, reference: &str) -> Option<&'a Value> {
-        // Both "#/components/schemas/X" and "#/definitions/X" are JSON pointers into the document.
+        if let Some(name) = reference.strip_prefix("#/components/schemas/")
+            && !name.contains(['/', '~'])
+        {
+            return self.schemas?.get(name);
+        }
+        if let Some(name) = reference.strip_prefix("#/definitions/")
+            && !name.contains(['/', '~'])
+        {
+            return self.definitions?.get(name);
+        }
+        // Any other JSON pointer into the document.
         let pointer = reference.strip_prefix('#')?;
         self.doc.pointer(pointer)
     }
 
     fn first(&self, f: impl Fn(&'a Value) -> Option<&'a Value>) -> Option<&'a Value> {
-        self.chain().into_iter().find_map(f)
+        self.for_each_in_chain(f)
     }
 
     fn extension(&self, name: &str) -> Option<&'a Value> {
@@ -147,10 +214,7 @@ impl<'a> OpenApiSchema<'a> {
     }
 
     fn at(&self, node: &'a Value) -> Self {
-        OpenApiSchema {
-            doc: self.doc,
-            node,
-        }
+        Self::from_parts(self.doc, self.schemas, self.definitions, node)
     }
 }
 

@@ -202,8 +202,9 @@ fn walk_field_set<S: PatchSchema>(
                 return Ok(());
             }
             for (k, val) in m {
-                let declared = schema.and_then(|s| s.property(k)).is_some();
-                let child = schema.and_then(|s| s.child(k));
+                let property = schema.and_then(|s| s.property(k));
+                let declared = property.is_some();
+                let child = property.or_else(|| schema.and_then(|s| s.additional_properties()));
                 path.push(PathElement::Field(k.clone()));
                 walk_field_set(val, child.as_ref(), mode, path, set)?;
                 if val.is_null() || val.as_object().is_some_and(Map::is_empty) || !declared {
