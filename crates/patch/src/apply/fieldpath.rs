@@ -346,15 +346,47 @@ impl FieldSet {
     /// Paths in either set.
     pub fn union(&self, other: &FieldSet) -> FieldSet {
         let mut out = self.clone();
-        out.members.extend(other.members.iter().cloned());
-        for (pe, child) in &other.children {
-            let merged = match out.children.get(pe) {
-                Some(mine) => mine.union(child),
-                None => child.clone(),
-            };
-            out.children.insert(pe.clone(), merged);
-        }
+        out.union_with(other);
         out
+    }
+
+    /// Adds every path of `other`, in place.
+    pub fn union_with(&mut self, other: &FieldSet) {
+        for pe in &other.members {
+            if !self.members.contains(pe) {
+                self.members.insert(pe.clone());
+            }
+        }
+        for (pe, child) in &other.children {
+            match self.children.get_mut(pe) {
+                Some(mine) => mine.union_with(child),
+                None => {
+                    self.children.insert(pe.clone(), child.clone());
+                }
+            }
+        }
+    }
+
+    /// Removes the exact paths of `other`, in place (as [`FieldSet::difference`]).
+    pub fn remove_paths(&mut self, other: &FieldSet) {
+        if !other.members.is_empty() {
+            self.members.retain(|pe| !other.members.contains(pe));
+        }
+        for (pe, theirs) in &other.children {
+            if let Some(mine) = self.children.get_mut(pe) {
+                mine.remove_paths(theirs);
+                if mine.is_empty() {
+                    self.children.remove(pe);
+                }
+            }
+        }
+    }
+
+    /// True when some path is in both sets; builds nothing.
+    pub fn intersects(&self, other: &FieldSet) -> bool {
+        let (small, large) = if self.members.len() <= other.members.len() { (&self.members, &other.members) } else { (&other.members, &self.members) };
+        small.iter().any(|pe| large.contains(pe))
+            || self.children.iter().any(|(pe, child)| other.children.get(pe).is_some_and(|theirs| child.intersects(theirs)))
     }
 
     /// Paths of `self` that are not in `other` (exact paths; a member of `other` does not
@@ -544,6 +576,35 @@ mod tests {
 
     fn k(name: &str, v: Value) -> PathElement {
         PathElement::Key(vec![(name.into(), v)])
+    }
+
+    #[test]
+    fn in_place_operations_agree_with_copying_ones() {
+        let a = FieldSet::from_paths([
+            &[f("spec"), f("replicas")][..],
+            &[f("spec"), f("template"), f("labels")][..],
+            &[f("spec")][..],
+            &[f("status"), f("ready")][..],
+            &[f("metadata"), f("labels"), f("app")][..],
+        ]);
+        let b = FieldSet::from_paths([
+            &[f("spec"), f("replicas")][..],
+            &[f("spec"), f("paused")][..],
+            &[f("status"), f("ready")][..],
+            &[f("kind")][..],
+        ]);
+        let disjoint = FieldSet::from_paths([&[f("metadata"), f("name")][..], &[f("spec"), f("template")][..]]);
+        for (x, y) in [(&a, &b), (&b, &a), (&a, &disjoint), (&disjoint, &a), (&a, &a)] {
+            let mut union = x.clone();
+            union.union_with(y);
+            assert_eq!(union, x.union(y));
+            let mut rest = x.clone();
+            rest.remove_paths(y);
+            assert_eq!(rest, x.difference(y));
+            assert_eq!(x.intersects(y), !x.intersection(y).is_empty());
+        }
+        assert!(!a.intersects(&disjoint));
+        assert!(a.intersects(&b));
     }
 
     #[test]

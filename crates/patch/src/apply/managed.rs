@@ -91,9 +91,8 @@ impl Owned {
 
     /// Gives up `fields`; a set that changes is encoded afresh.
     pub(crate) fn remove_fields(&mut self, fields: &FieldSet) {
-        let rest = self.set.difference(fields);
-        if rest != self.set {
-            self.set = rest;
+        if self.set.intersects(fields) {
+            self.set.remove_paths(fields);
             self.encoded = None;
         }
     }

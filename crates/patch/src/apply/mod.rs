@@ -314,8 +314,13 @@ pub fn applied_field_set<S: PatchSchema>(config: &Value, schema: &S) -> Result<F
     typed::field_set(config, Some(schema), Mode::Strict)
 }
 
-/// Identity fields nobody owns (upstream's `stripMetaManager`).
-fn strip_set() -> FieldSet {
+/// Identity fields nobody owns (upstream's `stripMetaManager`), built once.
+fn strip_set() -> &'static FieldSet {
+    static SET: std::sync::OnceLock<FieldSet> = std::sync::OnceLock::new();
+    SET.get_or_init(build_strip_set)
+}
+
+fn build_strip_set() -> FieldSet {
     let f = |s: &str| PathElement::Field(s.into());
     let mut set = FieldSet::new();
     set.insert(&[f("apiVersion")]);
@@ -455,13 +460,10 @@ impl<S: PatchSchema> Updater<'_, S> {
         let changed = cmp.modified.union(&cmp.added);
         let mut conflicts: Vec<(ManagerId, FieldSet)> = Vec::new();
         for (id, owned) in &managed.fields {
-            if id == workflow {
+            if id == workflow || !owned.set.intersects(&changed) {
                 continue;
             }
-            let overlap = owned.set.intersection(&changed);
-            if !overlap.is_empty() {
-                conflicts.push((id.clone(), overlap));
-            }
+            conflicts.push((id.clone(), owned.set.intersection(&changed)));
         }
         if !force && !conflicts.is_empty() {
             let list = conflicts
@@ -510,12 +512,16 @@ impl<S: PatchSchema> Updater<'_, S> {
             Ok(cmp) => cmp,
             Err(_) => return,
         };
-        let set = self
-            .filter(cmp.modified.union(&cmp.added))
-            .difference(&strip_set());
+        let mut changed = cmp.modified;
+        changed.union_with(&cmp.added);
+        let mut set = self.filter(changed);
+        set.remove_paths(strip_set());
         if !set.is_empty() {
             let merged = match managed.fields.get(id) {
-                Some(prev) => set.union(&prev.set),
+                Some(prev) => {
+                    set.union_with(&prev.set);
+                    set
+                }
                 None => set,
             };
             // Rewriting fields it already owns (a status update) leaves the entry, and its
@@ -558,7 +564,7 @@ impl<S: PatchSchema> Updater<'_, S> {
 /// Identity fields are never owned (upstream's stripMetaManager).
 fn strip_identity(managed: &mut ManagedFields, id: &ManagerId) {
     if let Some(owned) = managed.fields.get_mut(id) {
-        owned.remove_fields(&strip_set());
+        owned.remove_fields(strip_set());
         if owned.set.is_empty() {
             managed.fields.remove(id);
             managed.times.remove(id);
