@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use serde_json::{Map, Value};
 
-use super::fieldpath::{FieldSet, Path, PathElement, values_equal};
+use super::fieldpath::{FieldSet, Path, PathElement, get_in_step, values_equal};
 use crate::schema::PatchSchema;
 
 /// How a list's elements are identified.
@@ -491,21 +491,29 @@ fn walk_compare<S: PatchSchema>(
             // Ownership records are never owned themselves: skipping them spares callers
             // copying objects just to strip them.
             let in_metadata = matches!(path.as_slice(), [PathElement::Field(f)] if f == "metadata");
+            let mut cursor = Some(rm.iter());
+            let mut found = 0;
             for (k, lv) in lm {
                 if in_metadata && k == "managedFields" {
                     continue;
                 }
+                let rv = get_in_step(rm, &mut cursor, k);
+                found += usize::from(rv.is_some());
                 let child = schema.and_then(|s| s.child(k));
                 path.push(PathElement::Field(k.clone()));
-                walk_compare(Some(lv), rm.get(k), child.as_ref(), path, c);
+                walk_compare(Some(lv), rv, child.as_ref(), path, c);
                 path.pop();
             }
-            for (k, rv) in rm {
-                if !lm.contains_key(k) && !(in_metadata && k == "managedFields") {
-                    let child = schema.and_then(|s| s.child(k));
-                    path.push(PathElement::Field(k.clone()));
-                    walk_compare(None, Some(rv), child.as_ref(), path, c);
-                    path.pop();
+            // Keys only the new side has exist only if it has more than were found.
+            let compared = rm.len() - usize::from(in_metadata && rm.contains_key("managedFields"));
+            if compared > found {
+                for (k, rv) in rm {
+                    if !lm.contains_key(k) && !(in_metadata && k == "managedFields") {
+                        let child = schema.and_then(|s| s.child(k));
+                        path.push(PathElement::Field(k.clone()));
+                        walk_compare(None, Some(rv), child.as_ref(), path, c);
+                        path.pop();
+                    }
                 }
             }
         }
