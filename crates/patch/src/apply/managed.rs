@@ -97,8 +97,10 @@ impl Owned {
         }
     }
 
-    fn fields_v1(&self) -> Value {
-        self.encoded.clone().unwrap_or_else(|| self.set.to_fields_v1())
+    /// The API version and `FieldsV1`, for writing the entry out.
+    fn into_encoded(self) -> (String, Value) {
+        let fields_v1 = self.encoded.unwrap_or_else(|| self.set.to_fields_v1());
+        (self.api_version, fields_v1)
     }
 }
 
@@ -209,7 +211,7 @@ pub(crate) fn strip(obj: &mut Value) {
 
 /// Writes the owners into `metadata.managedFields`, sorted as upstream (operation, time,
 /// manager, version, subresource); no owners removes the field.
-pub(crate) fn encode_into(obj: &mut Value, managed: &ManagedFields) {
+pub(crate) fn encode_into(obj: &mut Value, managed: ManagedFields) {
     let Value::Object(root) = obj else { return };
     if managed.fields.is_empty() {
         if let Some(Value::Object(meta)) = root.get_mut("metadata") {
@@ -217,15 +219,18 @@ pub(crate) fn encode_into(obj: &mut Value, managed: &ManagedFields) {
         }
         return;
     }
-    let mut entries: Vec<(&ManagerId, &Owned, Option<&String>)> = managed
-        .fields
-        .iter()
-        .map(|(id, owned)| (id, owned, managed.times.get(id)))
+    let ManagedFields { fields, mut times } = managed;
+    let mut entries: Vec<(ManagerId, Owned, Option<String>)> = fields
+        .into_iter()
+        .map(|(id, owned)| {
+            let time = times.remove(&id);
+            (id, owned, time)
+        })
         .collect();
     entries.sort_by(|a, b| {
         a.0.operation
             .cmp(&b.0.operation)
-            .then_with(|| unix_seconds(a.2).cmp(&unix_seconds(b.2)))
+            .then_with(|| unix_seconds(a.2.as_ref()).cmp(&unix_seconds(b.2.as_ref())))
             .then_with(|| a.0.manager.cmp(&b.0.manager))
             .then_with(|| a.1.api_version.cmp(&b.1.api_version))
             .then_with(|| a.0.subresource.cmp(&b.0.subresource))
@@ -235,23 +240,21 @@ pub(crate) fn encode_into(obj: &mut Value, managed: &ManagedFields) {
         .map(|(id, owned, time)| {
             let mut e = Map::new();
             if !id.manager.is_empty() {
-                e.insert("manager".into(), Value::String(id.manager.clone()));
+                e.insert("manager".into(), Value::String(id.manager));
             }
             e.insert(
                 "operation".into(),
                 Value::String(id.operation.as_str().into()),
             );
-            e.insert(
-                "apiVersion".into(),
-                Value::String(owned.api_version.clone()),
-            );
+            let (api_version, fields_v1) = owned.into_encoded();
+            e.insert("apiVersion".into(), Value::String(api_version));
             if let Some(t) = time {
-                e.insert("time".into(), Value::String(t.clone()));
+                e.insert("time".into(), Value::String(t));
             }
             e.insert("fieldsType".into(), Value::String("FieldsV1".into()));
-            e.insert("fieldsV1".into(), owned.fields_v1());
+            e.insert("fieldsV1".into(), fields_v1);
             if !id.subresource.is_empty() {
-                e.insert("subresource".into(), Value::String(id.subresource.clone()));
+                e.insert("subresource".into(), Value::String(id.subresource));
             }
             Value::Object(e)
         })

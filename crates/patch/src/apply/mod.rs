@@ -220,7 +220,7 @@ pub fn server_side_apply<S: PatchSchema>(
     if id.manager == "kubectl" {
         update_last_applied(&mut object, &config);
     }
-    managed::encode_into(&mut object, &managed);
+    managed::encode_into(&mut object, managed);
     Ok(object)
 }
 
@@ -305,7 +305,7 @@ pub fn record_update_owned<S: PatchSchema>(
         opts.subresource,
     );
     updater.update(old_obj, &new_obj, &mut managed, &id);
-    managed::encode_into(&mut new_obj, &managed);
+    managed::encode_into(&mut new_obj, managed);
     new_obj
 }
 

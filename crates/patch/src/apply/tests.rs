@@ -994,7 +994,7 @@ fn apply_to_status_subresource_records_subresource() {
 fn reencoded(obj: &Value) -> Value {
     let managed = managed::decode(obj, managed::Source::Request).expect("decodable");
     let mut out = obj.clone();
-    managed::encode_into(&mut out, &managed);
+    managed::encode_into(&mut out, managed);
     out
 }
 
