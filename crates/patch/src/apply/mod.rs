@@ -457,13 +457,16 @@ impl<S: PatchSchema> Updater<'_, S> {
         force: bool,
     ) -> Result<typed::Comparison, ApplyError> {
         let cmp = typed::compare(old, new, self.schema()).filter(self.reset);
-        let changed = cmp.modified.union(&cmp.added);
         let mut conflicts: Vec<(ManagerId, FieldSet)> = Vec::new();
-        for (id, owned) in &managed.fields {
-            if id == workflow || !owned.set.intersects(&changed) {
-                continue;
+        // A create has no other owners: the changed set is not needed.
+        if managed.fields.keys().any(|id| id != workflow) {
+            let changed = cmp.modified.union(&cmp.added);
+            for (id, owned) in &managed.fields {
+                if id == workflow || !owned.set.intersects(&changed) {
+                    continue;
+                }
+                conflicts.push((id.clone(), owned.set.intersection(&changed)));
             }
-            conflicts.push((id.clone(), owned.set.intersection(&changed)));
         }
         if !force && !conflicts.is_empty() {
             let list = conflicts
@@ -512,8 +515,18 @@ impl<S: PatchSchema> Updater<'_, S> {
             Ok(cmp) => cmp,
             Err(_) => return,
         };
-        let mut changed = cmp.modified;
-        changed.union_with(&cmp.added);
+        let typed::Comparison { modified, added, .. } = cmp;
+        // One side is usually empty (a create adds, a status write mostly modifies): move it
+        // rather than copy it into the other.
+        let changed = match (modified.is_empty(), added.is_empty()) {
+            (true, _) => added,
+            (_, true) => modified,
+            _ => {
+                let mut both = modified;
+                both.union_with(&added);
+                both
+            }
+        };
         let mut set = self.filter(changed);
         set.remove_paths(strip_set());
         if !set.is_empty() {
