@@ -440,7 +440,7 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
         // of 0.4 s with 50,000 pods in `berth bench scheduler`).
         let source = ComponentClient::in_process(&running, "kube-scheduler")?;
         std::thread::Builder::new().name("scheduler-rt".into()).spawn(move || {
-            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("scheduler-io").enable_all().build() {
+            let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("scheduler-io").enable_all().build() {
                 Ok(runtime) => runtime,
                 Err(error) => return tracing::error!(%error, "starting the scheduler's runtime"),
             };

@@ -66,7 +66,7 @@ impl Running {
     /// (a client's connections and its request buffer live on the runtime that made them, and
     /// must die with it).
     pub fn start(make_client: impl FnOnce() -> Result<kube::Client, kube::Error> + Send + 'static, options: Options) -> std::io::Result<Self> {
-        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).thread_name("controllers").enable_all().build()?;
+        let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(1).thread_name("controllers").enable_all().build()?;
         let (exited_tx, exited) = tokio::sync::oneshot::channel();
         runtime.spawn(async move {
             match make_client() {
