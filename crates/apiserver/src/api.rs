@@ -48,6 +48,9 @@ pub struct WriteOptions {
     pub force: bool,
     /// Set by server-side apply, which records managed fields itself.
     pub applied: bool,
+    /// Set by the server's own writes (pod binding) that change a stored object in ways that
+    /// keep it in its typed form: the typed round trip has nothing to check or drop there.
+    pub server_built: bool,
 }
 
 /// Which part of an object a write addresses.
@@ -118,6 +121,66 @@ pub struct Api {
 
 /// Equal apart from `metadata.resourceVersion` and `metadata.managedFields`: a write that changes
 /// nothing else is a no-op (compared in place; copying both objects cost more than the check).
+/// What a write to the status subresource stores: `old` with the status, labels, annotations,
+/// owner references and finalizers of `new` (as upstream's status strategies). Parts `new` left
+/// as they were are moved from it rather than copied from `old`: a status write usually sends
+/// the whole object back, and copying a pod's spec cost more than comparing it.
+fn status_write(old: &Value, new: Value) -> Value {
+    const FROM_NEW_META: [&str; 4] = ["labels", "annotations", "ownerReferences", "finalizers"];
+    let (Some(old_obj), Value::Object(mut new_obj)) = (old.as_object(), new) else {
+        return old.clone();
+    };
+    let same_or_old = |new_value: Option<Value>, old_value: &Value| match new_value {
+        Some(v) if v == *old_value => v,
+        _ => old_value.clone(),
+    };
+    let mut merged = serde_json::Map::with_capacity(old_obj.len() + 1);
+    for (key, old_value) in old_obj {
+        match key.as_str() {
+            "status" => {
+                if let Some(status) = new_obj.remove("status") {
+                    merged.insert(key.clone(), status);
+                }
+            }
+            "metadata" => {
+                let mut new_meta = match new_obj.remove("metadata") {
+                    Some(Value::Object(m)) => m,
+                    _ => serde_json::Map::new(),
+                };
+                let Some(old_meta) = old_value.as_object() else {
+                    merged.insert(key.clone(), old_value.clone());
+                    continue;
+                };
+                let mut meta = serde_json::Map::with_capacity(old_meta.len() + FROM_NEW_META.len());
+                for (field, old_field) in old_meta {
+                    if FROM_NEW_META.contains(&field.as_str()) {
+                        if let Some(v) = new_meta.remove(field.as_str()) {
+                            meta.insert(field.clone(), v);
+                        }
+                    } else {
+                        meta.insert(field.clone(), same_or_old(new_meta.remove(field.as_str()), old_field));
+                    }
+                }
+                for field in FROM_NEW_META {
+                    if let Some(v) = new_meta.remove(field) {
+                        meta.insert(field.into(), v);
+                    }
+                }
+                merged.insert(key.clone(), Value::Object(meta));
+            }
+            _ => {
+                merged.insert(key.clone(), same_or_old(new_obj.remove(key.as_str()), old_value));
+            }
+        }
+    }
+    if !old_obj.contains_key("status")
+        && let Some(status) = new_obj.remove("status")
+    {
+        merged.insert("status".into(), status);
+    }
+    Value::Object(merged)
+}
+
 fn same_but_bookkeeping(a: &Value, b: &Value) -> bool {
     let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return a == b };
     let bookkeeping = |k: &str| k == "resourceVersion" || k == "managedFields";
@@ -395,13 +458,13 @@ impl Api {
             ));
         }
         let mut warnings = Vec::new();
-        let mut new = self.decode_typed(def, new, opts.field_validation, &mut warnings)?;
+        let mut new = if opts.server_built { new } else { self.decode_typed(def, new, opts.field_validation, &mut warnings)? };
         // Server-owned metadata cannot be changed by a client.
         {
-            let old_meta = objects::metadata(&old).cloned().unwrap_or_default();
+            let old_meta = objects::metadata(&old);
             let meta = metadata_mut(&mut new);
             for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "generation", "selfLink"] {
-                match old_meta.get(field) {
+                match old_meta.and_then(|m| m.get(field)) {
                     Some(v) => meta.insert(field.into(), v.clone()),
                     None => meta.remove(field),
                 };
@@ -423,7 +486,8 @@ impl Api {
             Part::Main if def.status => {
                 // The main resource ignores status; the status subresource carries it.
                 match old.get("status") {
-                    Some(s) => new["status"] = s.clone(),
+                    Some(s) if new.get("status") != Some(s) => new["status"] = s.clone(),
+                    Some(_) => {}
                     None => {
                         if let Some(o) = new.as_object_mut() {
                             o.remove("status");
@@ -432,28 +496,7 @@ impl Api {
                 }
             }
             Part::Main | Part::All => {}
-            Part::Status => {
-                // The status subresource changes status only (and labels/annotations, as upstream).
-                let status = new.get("status").cloned();
-                let new_meta = objects::metadata(&new).cloned().unwrap_or_default();
-                let mut merged = old.clone();
-                match status {
-                    Some(s) => merged["status"] = s,
-                    None => {
-                        if let Some(o) = merged.as_object_mut() {
-                            o.remove("status");
-                        }
-                    }
-                }
-                let meta = metadata_mut(&mut merged);
-                for field in ["labels", "annotations", "ownerReferences", "finalizers"] {
-                    match new_meta.get(field) {
-                        Some(v) => meta.insert(field.into(), v.clone()),
-                        None => meta.remove(field),
-                    };
-                }
-                new = merged;
-            }
+            Part::Status => new = status_write(&old, new),
         }
         strategy::apply_defaults(def, &mut new);
         if (def.tracks_generation || def.custom) && part != Part::Status && objects::spec_part(&old) != objects::spec_part(&new) {
@@ -756,5 +799,41 @@ mod tests {
         assert!(first.starts_with("taken-") && second.starts_with("taken-") && first.len() == second.len(), "{first} {second}");
         assert_ne!(first, second);
         let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[test]
+    fn a_status_write_takes_status_and_listed_metadata_from_the_request_only() {
+        let old = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "uid": "u1", "labels": {"a": "1"}, "finalizers": ["f"], "managedFields": [{"manager": "m"}]},
+            "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Pending"}
+        });
+        // The request changes the spec and the uid (ignored), status, labels and annotations
+        // (taken), and drops the finalizers (taken: upstream lets a status write drop them).
+        let new = json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": "p", "uid": "u2", "labels": {"a": "2"}, "annotations": {"b": "x"}, "managedFields": [{"manager": "other"}]},
+            "spec": {"nodeName": "n2", "containers": [{"name": "c", "image": "i"}]},
+            "status": {"phase": "Running"}
+        });
+        let written = status_write(&old, new);
+        assert_eq!(
+            written,
+            json!({
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "p", "uid": "u1", "labels": {"a": "2"}, "managedFields": [{"manager": "m"}], "annotations": {"b": "x"}},
+                "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "i"}]},
+                "status": {"phase": "Running"}
+            })
+        );
+        // The stored key order is kept, so an unchanged part serializes as before.
+        let keys: Vec<&String> = written.as_object().map(|o| o.keys().collect()).unwrap_or_default();
+        assert_eq!(keys, ["apiVersion", "kind", "metadata", "spec", "status"]);
+        // A request without status removes it; one for an object without status adds it.
+        let without = status_write(&old, json!({"metadata": {"name": "p"}}));
+        assert!(without.get("status").is_none() && without["spec"] == old["spec"], "{without}");
+        let added = status_write(&json!({"metadata": {"name": "p"}, "spec": {}}), json!({"metadata": {"name": "p"}, "status": {"phase": "Running"}}));
+        assert_eq!(added["status"]["phase"], "Running");
     }
 }

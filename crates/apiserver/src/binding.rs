@@ -29,7 +29,9 @@ pub async fn bind(api: &Api, def: &ResourceDef, ns: Option<&str>, name: &str, bi
             return Err(ApiError::conflict(&pod_def, name, &format!("pod {name} is already assigned to node \"{existing}\"")));
         }
         pod["spec"]["nodeName"] = json!(node_for_patch);
-        let condition = json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": objects::now_rfc3339()});
+        // Written as the typed round trip would leave it (no null lastProbeTime): the write
+        // skips that round trip.
+        let condition = json!({"lastTransitionTime": objects::now_rfc3339(), "status": "True", "type": "PodScheduled"});
         let conditions = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
         let mut conditions: Vec<Value> = conditions.into_iter().filter(|c| c.get("type") != Some(&json!("PodScheduled"))).collect();
         conditions.push(condition);
@@ -37,6 +39,7 @@ pub async fn bind(api: &Api, def: &ResourceDef, ns: Option<&str>, name: &str, bi
         Ok(pod)
     };
     // nodeName is spec and the condition is status: both go in one compare-and-swap.
-    api.patch(def, ns, name, Part::All, &WriteOptions::default(), &patch).await?;
+    let options = WriteOptions { server_built: true, ..WriteOptions::default() };
+    api.patch(def, ns, name, Part::All, &options, &patch).await?;
     Ok(json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))
 }

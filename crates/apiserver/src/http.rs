@@ -116,6 +116,7 @@ impl Query {
             field_manager,
             force: self.flag("force"),
             applied: false,
+            server_built: false,
         })
     }
 }
