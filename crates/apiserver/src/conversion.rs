@@ -392,7 +392,7 @@ fn hpa_metadata(obj: &Value, added: &[(&str, String)]) -> Option<Value> {
     let mut dropped = false;
     if let Some(Value::Object(annotations)) = meta.get_mut("annotations") {
         for key in ROUND_TRIP_ANNOTATIONS {
-            dropped |= annotations.shift_remove(key).is_some();
+            dropped |= annotations.remove(key).is_some();
         }
     }
     if !added.is_empty() {
@@ -406,7 +406,7 @@ fn hpa_metadata(obj: &Value, added: &[(&str, String)]) -> Option<Value> {
         }
     } else if dropped && meta.get("annotations").and_then(Value::as_object).is_some_and(Object::is_empty) {
         // Go omits the emptied map.
-        meta.shift_remove("annotations");
+        meta.remove("annotations");
     }
     Some(Value::Object(meta))
 }
