@@ -35,6 +35,7 @@ pub mod resource_metrics;
 pub mod resources;
 pub mod scale;
 pub mod selection;
+pub mod serializes_as;
 pub mod serviceaccount;
 pub mod status;
 pub mod storage;

@@ -15,14 +15,30 @@ pub struct Decoded {
 macro_rules! round_trip_table {
     ($group:expr, $version:expr, $kind:expr, $value:expr; $( ($g:literal, $v:literal, $k:literal, $t:ty) ),* $(,)?) => {
         match ($group, $version, $kind) {
-            // Decoding from a borrowed value spares a deep copy of the whole object.
-            $( ($g, $v, $k) => Some(<$t as serde::Deserialize>::deserialize($value).and_then(serde_json::to_value)), )*
-            _ => None,
+            $( ($g, $v, $k) => round_trip_as::<$t>($value), )*
+            // No built-in type (a custom resource): nothing to check here.
+            _ => Ok(Decoded { object: $value, unknown_fields: Vec::new() }),
         }
     };
 }
 
-fn round_trip(group: &str, version: &str, kind: &str, value: &Value) -> Option<Result<Value, serde_json::Error>> {
+/// Decodes `value` as `T` and hands back what `T` serializes to. Most objects are already in
+/// that form; then the input itself is handed back (checked by `serializes_as`), which spares
+/// building a second copy. Otherwise the typed form is serialized and the fields it lost are
+/// reported.
+fn round_trip_as<T: serde::de::DeserializeOwned + serde::Serialize>(value: Value) -> Result<Decoded, String> {
+    // Decoding from a borrowed value spares a deep copy of the whole object.
+    let typed = T::deserialize(&value).map_err(|e| e.to_string())?;
+    if crate::serializes_as::serializes_as(&typed, &value) {
+        return Ok(Decoded { object: value, unknown_fields: Vec::new() });
+    }
+    let object = serde_json::to_value(&typed).map_err(|e| e.to_string())?;
+    let mut unknown_fields = Vec::new();
+    find_unknown(&value, &object, &mut String::new(), &mut unknown_fields);
+    Ok(Decoded { object, unknown_fields })
+}
+
+fn round_trip(group: &str, version: &str, kind: &str, value: Value) -> Result<Decoded, String> {
     round_trip_table!(group, version, kind, value;
         ("", "v1", "Namespace", api::core::v1::Namespace),
         ("", "v1", "Pod", api::core::v1::Pod),
@@ -68,18 +84,11 @@ fn round_trip(group: &str, version: &str, kind: &str, value: &Value) -> Option<R
     )
 }
 
-/// Decodes `value` (whose apiVersion and kind are already set) as its built-in type. `None` means
-/// the kind has no built-in type (a custom resource); `Err` carries the decode error text.
-pub fn decode(group: &str, version: &str, kind: &str, value: &Value) -> Option<Result<Decoded, String>> {
-    let result = round_trip(group, version, kind, value)?;
-    Some(match result {
-        Ok(object) => {
-            let mut unknown_fields = Vec::new();
-            find_unknown(value, &object, &mut String::new(), &mut unknown_fields);
-            Ok(Decoded { object, unknown_fields })
-        }
-        Err(e) => Err(e.to_string()),
-    })
+/// Decodes `value` (whose apiVersion and kind are already set) as its built-in type, giving the
+/// object as that type serializes it and the fields it dropped. A kind without a built-in type
+/// (a custom resource) comes back as it was; `Err` carries the decode error text.
+pub fn decode(group: &str, version: &str, kind: &str, value: Value) -> Result<Decoded, String> {
+    round_trip(group, version, kind, value)
 }
 
 /// Walks input and decoded output side by side; a field with a value in the input and none in
@@ -125,7 +134,7 @@ mod tests {
             "metadata": {"name": "p", "bogus": 1, "labels": null},
             "spec": {"containers": [{"name": "c", "image": "busybox", "imagee": "typo"}]}
         });
-        let decoded = decode("", "v1", "Pod", &pod).unwrap().unwrap();
+        let decoded = decode("", "v1", "Pod", pod).unwrap();
         assert_eq!(decoded.unknown_fields, ["metadata.bogus", "spec.containers[0].imagee"]);
         assert!(decoded.object["spec"]["containers"][0].get("imagee").is_none());
     }
@@ -133,7 +142,9 @@ mod tests {
     #[test]
     fn wrong_types_are_errors() {
         let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "d"}, "spec": {"replicas": "three"}});
-        assert!(decode("apps", "v1", "Deployment", &deploy).unwrap().is_err());
-        assert!(decode("example.com", "v1", "Widget", &deploy).is_none());
+        assert!(decode("apps", "v1", "Deployment", deploy.clone()).is_err());
+        let custom = decode("example.com", "v1", "Widget", deploy.clone()).unwrap();
+        assert_eq!(custom.object, deploy);
+        assert!(custom.unknown_fields.is_empty());
     }
 }
