@@ -139,54 +139,109 @@ pub(crate) fn decode(obj: &Value, source: Source) -> Result<ManagedFields, Strin
         let Value::Object(e) = entry else {
             return Err(format!("managed fields entry {i} must be an object"));
         };
-        let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
-        let operation = match text("operation") {
-            "Apply" => Operation::Apply,
-            "Update" => Operation::Update,
-            _ => return Err("operation must be `Apply` or `Update`".into()),
-        };
-        let api_version = text("apiVersion");
-        if api_version.is_empty() {
-            return Err("apiVersion must not be empty".into());
-        }
-        match text("fieldsType") {
-            "FieldsV1" => {}
-            "" => return Err(format!("missing fieldsType in managed fields entry {i}")),
-            other => {
-                return Err(format!(
-                    "invalid fieldsType {other:?} in managed fields entry {i}"
-                ));
-            }
-        }
-        let set = match e.get("fieldsV1") {
-            None | Some(Value::Null) => FieldSet::new(),
-            Some(v) => {
-                FieldSet::from_fields_v1(v).map_err(|err| format!("error decoding set: {err}"))?
-            }
-        };
-        let id = ManagerId {
-            manager: text("manager").to_string(),
-            operation,
-            api_version: (operation == Operation::Update).then(|| api_version.to_string()),
-            subresource: text("subresource").to_string(),
-        };
-        if let Some(t) = e.get("time").and_then(Value::as_str) {
-            out.times.insert(id.clone(), t.to_string());
-        }
-        let encoded = match (source, e.get("fieldsV1")) {
+        let fields_v1 = e.get("fieldsV1");
+        let encoded = match (source, fields_v1) {
             (Source::Stored, Some(v @ Value::Object(_))) => Some(v.clone()),
             _ => None,
         };
-        out.fields.insert(
-            id,
-            Owned {
-                set,
-                api_version: api_version.to_string(),
-                encoded,
-            },
-        );
+        insert_entry(&mut out, i, e, fields_v1, encoded)?;
     }
     Ok(out)
+}
+
+/// [`decode`] of a stored list the caller owns: each entry's `fieldsV1` moves into the entry
+/// kept for writing back instead of being copied.
+pub(crate) fn decode_stored_owned(list: Value) -> Result<ManagedFields, String> {
+    let mut out = ManagedFields::default();
+    let entries = match list {
+        Value::Null => return Ok(out),
+        Value::Array(entries) => entries,
+        _ => return Err("managedFields must be a list".into()),
+    };
+    for (i, entry) in entries.into_iter().enumerate() {
+        let Value::Object(mut e) = entry else {
+            return Err(format!("managed fields entry {i} must be an object"));
+        };
+        let fields_v1 = e.remove("fieldsV1");
+        let (fields_v1, encoded) = match fields_v1 {
+            Some(v @ Value::Object(_)) => (None, Some(v)),
+            other => (other, None),
+        };
+        check_entry(i, &e)?;
+        let set = read_set(encoded.as_ref().or(fields_v1.as_ref()))?;
+        insert_decoded(&mut out, &e, set, encoded)?;
+    }
+    Ok(out)
+}
+
+fn read_set(fields_v1: Option<&Value>) -> Result<FieldSet, String> {
+    match fields_v1 {
+        None | Some(Value::Null) => Ok(FieldSet::new()),
+        Some(v) => FieldSet::from_fields_v1(v).map_err(|err| format!("error decoding set: {err}")),
+    }
+}
+
+fn insert_entry(
+    out: &mut ManagedFields,
+    i: usize,
+    e: &Map<String, Value>,
+    fields_v1: Option<&Value>,
+    encoded: Option<Value>,
+) -> Result<(), String> {
+    // The entry's other fields are checked before its set is read, as before.
+    check_entry(i, e)?;
+    let set = read_set(fields_v1)?;
+    insert_decoded(out, e, set, encoded)
+}
+
+fn check_entry(i: usize, e: &Map<String, Value>) -> Result<(), String> {
+    let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
+    if !matches!(text("operation"), "Apply" | "Update") {
+        return Err("operation must be `Apply` or `Update`".into());
+    }
+    if text("apiVersion").is_empty() {
+        return Err("apiVersion must not be empty".into());
+    }
+    match text("fieldsType") {
+        "FieldsV1" => Ok(()),
+        "" => Err(format!("missing fieldsType in managed fields entry {i}")),
+        other => Err(format!(
+            "invalid fieldsType {other:?} in managed fields entry {i}"
+        )),
+    }
+}
+
+/// Records an entry whose fields [`check_entry`] accepted.
+fn insert_decoded(
+    out: &mut ManagedFields,
+    e: &Map<String, Value>,
+    set: FieldSet,
+    encoded: Option<Value>,
+) -> Result<(), String> {
+    let text = |k: &str| e.get(k).and_then(Value::as_str).unwrap_or("");
+    let operation = match text("operation") {
+        "Apply" => Operation::Apply,
+        _ => Operation::Update,
+    };
+    let api_version = text("apiVersion");
+    let id = ManagerId {
+        manager: text("manager").to_string(),
+        operation,
+        api_version: (operation == Operation::Update).then(|| api_version.to_string()),
+        subresource: text("subresource").to_string(),
+    };
+    if let Some(t) = e.get("time").and_then(Value::as_str) {
+        out.times.insert(id.clone(), t.to_string());
+    }
+    out.fields.insert(
+        id,
+        Owned {
+            set,
+            api_version: api_version.to_string(),
+            encoded,
+        },
+    );
+    Ok(())
 }
 
 /// True for the two ways a client asks to reset ownership: `managedFields: []` or a single
@@ -391,6 +446,23 @@ mod tests {
             Some(1_709_208_000)
         );
         assert_eq!(parse_rfc3339("yesterday"), None);
+    }
+
+    #[test]
+    fn an_owned_stored_list_decodes_as_the_borrowed_one_does() {
+        let list = json!([
+            {"manager": "a", "operation": "Update", "apiVersion": "v1", "time": "2024-01-01T00:00:00Z", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {"f:x": {}}}},
+            {"manager": "b", "operation": "Apply", "apiVersion": "v1", "fieldsType": "FieldsV1", "fieldsV1": {"f:status": {".": {}, "f:y": {}}}, "subresource": "status"},
+            {"manager": "c", "operation": "Update", "apiVersion": "v1", "fieldsType": "FieldsV1"}
+        ]);
+        let borrowed = decode(&json!({"metadata": {"managedFields": list.clone()}}), Source::Stored).unwrap();
+        let owned = decode_stored_owned(list).unwrap();
+        assert_eq!(owned, borrowed);
+        // Equality of owners ignores the kept encoding: compare that too.
+        let encodings = |m: &ManagedFields| m.fields.values().map(|o| o.encoded.clone()).collect::<Vec<_>>();
+        assert_eq!(encodings(&owned), encodings(&borrowed));
+        assert!(decode_stored_owned(json!({"not": "a list"})).is_err());
+        assert!(decode_stored_owned(Value::Null).unwrap().fields.is_empty());
     }
 
     #[test]

@@ -248,29 +248,38 @@ pub fn record_update_owned<S: PatchSchema>(
     schema: &S,
     opts: &UpdateOptions<'_>,
 ) -> Value {
+    let mut new_obj = new;
     let old_managed = || {
         old.and_then(|o| managed::decode(o, Source::Stored).ok())
             .unwrap_or_default()
     };
-    let mut managed = if !opts.subresource.is_empty() {
-        old_managed()
-    } else if managed::is_reset(&new) {
-        ManagedFields::default()
-    } else if old.is_some_and(|o| {
-        // Most updates send back what they read (patches always do): that is the stored
-        // record, whose encoding can be kept.
-        let sent = new.get("metadata").and_then(|m| m.get("managedFields"));
+    // Most updates send back what they read (patches always do): that is the stored record,
+    // whose encoding can be kept, and taken from the request rather than copied.
+    let sent_stored = old.is_some_and(|o| {
+        let sent = new_obj.get("metadata").and_then(|m| m.get("managedFields"));
         sent.is_some_and(|sent| o.get("metadata").and_then(|m| m.get("managedFields")).is_some_and(|stored| fieldpath::values_equal(stored, sent)))
-    }) {
-        old_managed()
+    });
+    let take_stored = |obj: &mut Value| {
+        let list = obj
+            .get_mut("metadata")
+            .and_then(|m| m.as_object_mut())
+            .and_then(|m| m.remove("managedFields"))
+            .unwrap_or(Value::Null);
+        managed::decode_stored_owned(list).ok().unwrap_or_default()
+    };
+    let mut managed = if !opts.subresource.is_empty() {
+        if sent_stored { take_stored(&mut new_obj) } else { old_managed() }
+    } else if managed::is_reset(&new_obj) {
+        ManagedFields::default()
+    } else if sent_stored {
+        take_stored(&mut new_obj)
     } else {
-        match managed::decode(&new, Source::Request) {
+        match managed::decode(&new_obj, Source::Request) {
             Ok(m) if !m.fields.is_empty() => m,
             _ => old_managed(),
         }
     };
 
-    let mut new_obj = new;
     managed::strip(&mut new_obj);
     if !new_obj.is_object() {
         return new_obj;
