@@ -564,27 +564,9 @@ fn port_name_problem(name: &str) -> Option<&'static str> {
 /// tolerations additions, scheduling gates removal).
 fn validate_pod_update(old: Option<&Value>, new: &Value, causes: &mut Vec<Cause>) {
     let Some(old) = old else { return };
-    // Most updates (status, metadata) leave the spec as it was: nothing to strip and compare.
-    if old == new {
-        return;
-    }
-    let strip = |spec: &Value| {
-        let mut s = spec.clone();
-        for list in ["containers", "initContainers"] {
-            if let Some(Value::Array(cs)) = s.get_mut(list) {
-                for c in cs.iter_mut().filter_map(Value::as_object_mut) {
-                    c.remove("image");
-                }
-            }
-        }
-        if let Some(o) = s.as_object_mut() {
-            for mutable in ["activeDeadlineSeconds", "tolerations", "schedulingGates", "nodeName"] {
-                o.remove(mutable);
-            }
-        }
-        s
-    };
-    if strip(old) != strip(new) {
+    // Compared in place: copying two pod specs to strip the mutable fields cost more than the
+    // rest of a binding's validation.
+    if !same_but_mutable(old, new) {
         causes.push(Cause::forbidden(
             "spec",
             "pod updates may not change fields other than `spec.containers[*].image`,`spec.initContainers[*].image`,`spec.activeDeadlineSeconds`,`spec.tolerations` (only additions to existing tolerations),`spec.terminationGracePeriodSeconds` (allow it to be set to 1 if it was previously negative)",
@@ -593,6 +575,28 @@ fn validate_pod_update(old: Option<&Value>, new: &Value, causes: &mut Vec<Cause>
     if old.get("nodeName").is_some_and(|n| !n.is_null()) && old.get("nodeName") != new.get("nodeName") {
         causes.push(Cause::forbidden("spec.nodeName", "pod updates may not change fields other than `spec.containers[*].image`"));
     }
+}
+
+/// Whether two pod specs are equal but for the fields a running pod may change.
+fn same_but_mutable(old: &Value, new: &Value) -> bool {
+    const MUTABLE: [&str; 4] = ["activeDeadlineSeconds", "tolerations", "schedulingGates", "nodeName"];
+    let (Some(o), Some(n)) = (old.as_object(), new.as_object()) else { return old == new };
+    let compared = |m: &'_ serde_json::Map<String, Value>| m.keys().filter(|k| !MUTABLE.contains(&k.as_str())).count();
+    compared(o) == compared(n)
+        && o.iter().filter(|(k, _)| !MUTABLE.contains(&k.as_str())).all(|(k, ov)| match (k.as_str(), n.get(k)) {
+            (_, None) => false,
+            ("containers" | "initContainers", Some(nv)) => match (ov.as_array(), nv.as_array()) {
+                (Some(a), Some(b)) => a.len() == b.len() && a.iter().zip(b).all(|(x, y)| same_but_image(x, y)),
+                _ => ov == nv,
+            },
+            (_, Some(nv)) => ov == nv,
+        })
+}
+
+fn same_but_image(a: &Value, b: &Value) -> bool {
+    let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return a == b };
+    let others = |m: &'_ serde_json::Map<String, Value>| m.keys().filter(|k| *k != "image").count();
+    others(a) == others(b) && a.iter().filter(|(k, _)| *k != "image").all(|(k, v)| b.get(k) == Some(v))
 }
 
 fn validate_service(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
