@@ -48,8 +48,9 @@ pub struct WriteOptions {
     pub force: bool,
     /// Set by server-side apply, which records managed fields itself.
     pub applied: bool,
-    /// Set by the server's own writes (pod binding) that change a stored object in ways that
-    /// keep it in its typed form: the typed round trip has nothing to check or drop there.
+    /// Set by the server's own changes to a stored object (pod binding), which upstream writes
+    /// straight to storage: the object is stored in its typed form and stays so (no typed round
+    /// trip), and no manager is recorded for the change (no managedFields entry).
     pub server_built: bool,
 }
 
@@ -209,7 +210,7 @@ impl Api {
     /// Records who made a non-apply write in `metadata.managedFields`, as upstream does for every
     /// write, so a later server-side apply sees the right owners.
     fn record_manager(&self, def: &ResourceDef, old: Option<&Value>, new: Value, part: Part, opts: &WriteOptions) -> Value {
-        if opts.applied {
+        if opts.applied || opts.server_built {
             return new;
         }
         let manager = opts.field_manager.as_deref().unwrap_or("unknown");
@@ -311,10 +312,9 @@ impl Api {
         if def.custom {
             return crate::crd::validate_custom(def, obj, validation, warnings);
         }
-        match typed::decode(&def.group, &def.version, &def.kind, &obj) {
-            None => Ok(obj),
-            Some(Err(e)) => Err(ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", def.kind, def.version, def.kind))),
-            Some(Ok(decoded)) => {
+        match typed::decode(&def.group, &def.version, &def.kind, obj) {
+            Err(e) => Err(ApiError::bad_request(format!("{} in version \"{}\" cannot be handled as a {}: {e}", def.kind, def.version, def.kind))),
+            Ok(decoded) => {
                 if !decoded.unknown_fields.is_empty() {
                     match validation {
                         FieldValidation::Strict => {
