@@ -55,3 +55,29 @@ where
     let service = ServiceBuilder::new().layer(RetryLayer::new(RetryPolicy::server_retry())).map_err(Into::<BoxError>::into).service(service);
     kube::Client::new(service, "default")
 }
+
+/// The name of an object a create made: all that controllers creating from a template (pods
+/// of a ReplicaSet or Job) read from the answer. Decoding the whole created object cost more than
+/// the request itself in `berth bench scheduler`.
+#[derive(serde::Deserialize)]
+struct CreatedName {
+    metadata: CreatedMeta,
+}
+
+#[derive(serde::Deserialize)]
+struct CreatedMeta {
+    #[serde(default)]
+    name: String,
+}
+
+/// Creates `object` in `namespace` (as `Api::create` does) and returns its name.
+pub async fn create_for_name<K>(client: &kube::Client, namespace: &str, params: &kube::api::PostParams, object: &K) -> Result<String, kube::Error>
+where
+    K: kube::Resource<DynamicType = ()> + serde::Serialize,
+{
+    let body = serde_json::to_vec(object).map_err(kube::Error::SerdeError)?;
+    let mut request = kube::core::Request::new(K::url_path(&(), Some(namespace))).create(params, body).map_err(kube::Error::BuildRequest)?;
+    request.extensions_mut().insert("create");
+    let created: CreatedName = client.request(request).await?;
+    Ok(created.metadata.name)
+}

@@ -1296,7 +1296,6 @@ fn add_index_env(container: &mut Container) {
 /// Creates one pod per entry of `indexes` in doubling batches (1, 2, 4, ...), stopping at the
 /// first failed batch so a template that cannot work fails once. Returns how many were created.
 async fn create_pods(ctx: &Ctx, key: &Key, job: &Job, spec: &JobSpec, indexes: &[Option<i32>], delayed: &HashMap<i32, Arc<CachedPod>>) -> (i32, Option<SyncError>) {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.0);
     let mut created = 0;
     let mut rest = indexes;
     let mut batch = 1;
@@ -1306,11 +1305,10 @@ async fn create_pods(ctx: &Ctx, key: &Key, job: &Job, spec: &JobSpec, indexes: &
         batch *= 2;
         let results = futures_util::future::join_all(now.iter().map(|ix| {
             let pod = pod_for(job, spec, *ix, ix.and_then(|i| delayed.get(&i)).map(|p| p.as_ref()));
-            let api = api.clone();
-            async move { api.create(&PostParams::default(), &pod).await }
+            async move { crate::client::create_for_name(&ctx.client, &key.0, &PostParams::default(), &pod).await }
         }))
         .await;
-        let names: Vec<String> = results.iter().filter_map(|r| r.as_ref().ok().map(|p| p.name_any())).collect();
+        let names: Vec<String> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
         expect(ctx, key, &names, &[]);
         for name in &names {
             job_event(ctx, job, false, "SuccessfulCreate", format!("Created pod: {name}"));

@@ -333,15 +333,14 @@ fn pod_from_template(rs: &ReplicaSet, owner: OwnerReference) -> Pod {
 /// Creates `count` pods in doubling batches (1, 2, 4, ...) so a template that cannot work fails
 /// once, not `count` times. Returns the error message of a failed create.
 async fn create_pods(ctx: &Ctx, key: &Key, rs: &ReplicaSet, count: usize) -> Option<String> {
-    let api: Api<Pod> = Api::namespaced(ctx.client.clone(), &key.0);
     let template = pod_from_template(rs, owner_ref(rs, &ctx.replicasets));
     let mut remaining = count.min(BURST);
     let mut batch = 1;
     while remaining > 0 {
         let size = batch.min(remaining);
         let params = PostParams::default();
-        let results = futures_util::future::join_all((0..size).map(|_| api.create(&params, &template))).await;
-        let created: Vec<String> = results.iter().filter_map(|r| r.as_ref().ok().map(|p| p.name_any())).collect();
+        let results = futures_util::future::join_all((0..size).map(|_| crate::client::create_for_name(&ctx.client, &key.0, &params, &template))).await;
+        let created: Vec<String> = results.iter().filter_map(|r| r.as_ref().ok().cloned()).collect();
         expect(ctx, key, &created, &[]);
         let (api_version, kind, _) = ctx.replicasets.kind();
         for name in &created {
