@@ -200,49 +200,23 @@ impl ExpectSeq<'_> {
     }
 }
 
-impl ser::SerializeSeq for ExpectSeq<'_> {
-    type Ok = ();
-    type Error = Differs;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Differs> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Differs> {
-        self.finish()
-    }
+/// serde's four sequence shapes are one here: elements in order, then none left over.
+macro_rules! expect_seq {
+    ($($trait:ident :: $method:ident),*) => {$(
+        impl ser::$trait for ExpectSeq<'_> {
+            type Ok = ();
+            type Error = Differs;
+            fn $method<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Differs> {
+                self.element(value)
+            }
+            fn end(self) -> Result<(), Differs> {
+                self.finish()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeTuple for ExpectSeq<'_> {
-    type Ok = ();
-    type Error = Differs;
-    fn serialize_element<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Differs> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Differs> {
-        self.finish()
-    }
-}
-
-impl ser::SerializeTupleStruct for ExpectSeq<'_> {
-    type Ok = ();
-    type Error = Differs;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Differs> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Differs> {
-        self.finish()
-    }
-}
-
-impl ser::SerializeTupleVariant for ExpectSeq<'_> {
-    type Ok = ();
-    type Error = Differs;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, value: &T) -> Result<(), Differs> {
-        self.element(value)
-    }
-    fn end(self) -> Result<(), Differs> {
-        self.finish()
-    }
-}
+expect_seq!(SerializeSeq::serialize_element, SerializeTuple::serialize_element, SerializeTupleStruct::serialize_field, SerializeTupleVariant::serialize_field);
 
 /// Each serialized entry must be in the map with an equal value; at the end, the entries seen
 /// must be all of the map's (a key serialized twice would be counted twice and so fail).
@@ -280,27 +254,23 @@ impl ser::SerializeMap for ExpectMap<'_> {
     }
 }
 
-impl ser::SerializeStruct for ExpectMap<'_> {
-    type Ok = ();
-    type Error = Differs;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Differs> {
-        self.entry(key, value)
-    }
-    fn end(self) -> Result<(), Differs> {
-        self.finish()
-    }
+/// A struct and a struct variant's fields are entries with known names.
+macro_rules! expect_struct {
+    ($($trait:ident),*) => {$(
+        impl ser::$trait for ExpectMap<'_> {
+            type Ok = ();
+            type Error = Differs;
+            fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Differs> {
+                self.entry(key, value)
+            }
+            fn end(self) -> Result<(), Differs> {
+                self.finish()
+            }
+        }
+    )*};
 }
 
-impl ser::SerializeStructVariant for ExpectMap<'_> {
-    type Ok = ();
-    type Error = Differs;
-    fn serialize_field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> Result<(), Differs> {
-        self.entry(key, value)
-    }
-    fn end(self) -> Result<(), Differs> {
-        self.finish()
-    }
-}
+expect_struct!(SerializeStruct, SerializeStructVariant);
 
 /// A map key as serde_json writes it: strings as they are, numbers, booleans and characters as
 /// their text; anything else is not a valid key (and `to_value` would have failed).
