@@ -434,9 +434,70 @@ impl Comparison {
 /// Compares two objects as structured-merge-diff's `Compare`: changed leaves are modified;
 /// present-on-one-side nodes are added or removed, together with everything below them.
 pub(crate) fn compare<S: PatchSchema>(lhs: &Value, rhs: &Value, schema: Option<&S>) -> Comparison {
+    // Against nothing (a create), everything is added: build that set bottom-up rather than
+    // inserting each path from the root.
+    if let (Some(l), Some(r)) = (lhs.as_object(), rhs.as_object())
+        && l.is_empty()
+        && !r.is_empty()
+        && !map_is_atomic(schema)
+    {
+        let mut added = FieldSet::new();
+        for (k, v) in r {
+            let child = schema.and_then(|s| s.child(k));
+            add_with_subtree(&mut added, PathElement::Field(k.clone()), added_below(v, child.as_ref(), k == "metadata"));
+        }
+        return Comparison { added, ..Comparison::default() };
+    }
     let mut c = Comparison::default();
     walk_compare(Some(lhs), Some(rhs), schema, &mut Vec::new(), &mut c);
     c
+}
+
+fn add_with_subtree(set: &mut FieldSet, pe: PathElement, below: FieldSet) {
+    if below.is_empty() {
+        set.insert_member(pe);
+    } else {
+        set.insert_member(pe.clone());
+        set.set_child(pe, below);
+    }
+}
+
+/// What `walk_compare(None, Some(v))` records below `v`'s own path, as a set relative to it
+/// (`v` itself is always recorded, by the caller). `is_metadata`: `v` is the object's
+/// metadata, whose managedFields are never owned.
+fn added_below<S: PatchSchema>(v: &Value, schema: Option<&S>, is_metadata: bool) -> FieldSet {
+    let mut below = FieldSet::new();
+    match v {
+        Value::Object(m) if !m.is_empty() && !map_is_atomic(schema) => {
+            for (k, child_value) in m {
+                if is_metadata && k == "managedFields" {
+                    continue;
+                }
+                let child = schema.and_then(|s| s.child(k));
+                add_with_subtree(&mut below, PathElement::Field(k.clone()), added_below(child_value, child.as_ref(), false));
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            let kind = list_kind(schema);
+            let item_schema = schema.and_then(|s| s.items());
+            if let Ok(Some(pes)) = index_list(items, &kind, item_schema.as_ref(), Mode::Lenient, &[]) {
+                // Elements sharing a key are recorded as the element alone, as compare does.
+                let mut counts: BTreeMap<&PathElement, usize> = BTreeMap::new();
+                for pe in &pes {
+                    *counts.entry(pe).or_default() += 1;
+                }
+                for (pe, item) in pes.iter().zip(items) {
+                    if counts.get(pe).copied().unwrap_or(0) > 1 {
+                        below.insert_member(pe.clone());
+                    } else {
+                        add_with_subtree(&mut below, pe.clone(), added_below(item, item_schema.as_ref(), false));
+                    }
+                }
+            }
+        }
+        _ => {}
+    }
+    below
 }
 
 fn walk_compare<S: PatchSchema>(
@@ -780,6 +841,30 @@ mod tests {
                 .unwrap()
                 .unwrap_or(Value::Null)
         })
+    }
+
+    #[test]
+    fn a_create_records_what_a_walk_against_nothing_records() {
+        let objects = [
+            json!({"s": "x", "b": false, "set": ["a", "b", "a"], "setNum": [1, 2],
+                   "list": [{"key": "k", "id": 1, "value": {"x": "1"}}, {"key": "k", "id": 2, "bv": true},
+                            {"key": "d", "id": 3}, {"key": "d", "id": 3, "nv": 1.5}],
+                   "mergeList": [{"key": "m", "value": {}}], "atomic": ["x"], "plain": ["p", "q"],
+                   "struct": {"key": "s", "value": {"a": "b"}}, "atomicMap": {"a": "b"},
+                   "metadata": {"name": "n", "managedFields": [{"manager": "m"}], "labels": {"a": "b"}},
+                   "empty": {}, "emptyList": [], "nothing": null}),
+            json!({"metadata": {"managedFields": []}}),
+            json!({"list": [{"value": {"x": "1"}}], "struct": {}}),
+        ];
+        with_root(|s| {
+            for obj in &objects {
+                let fast = compare(&json!({}), obj, Some(s));
+                let mut slow = Comparison::default();
+                walk_compare(Some(&json!({})), Some(obj), Some(s), &mut Vec::new(), &mut slow);
+                assert_eq!(fast.added, slow.added, "{obj}");
+                assert!(fast.modified.is_empty() && fast.removed.is_empty());
+            }
+        });
     }
 
     #[test]
