@@ -120,8 +120,6 @@ pub struct Api {
     pub watch_cache: crate::cacher::WatchCache,
 }
 
-/// Equal apart from `metadata.resourceVersion` and `metadata.managedFields`: a write that changes
-/// nothing else is a no-op (compared in place; copying both objects cost more than the check).
 /// What a write to the status subresource stores: `old` with the status, labels, annotations,
 /// owner references and finalizers of `new` (as upstream's status strategies). Parts `new` left
 /// as they were are moved from it rather than copied from `old`: a status write usually sends
@@ -182,6 +180,8 @@ fn status_write(old: &Value, new: Value) -> Value {
     Value::Object(merged)
 }
 
+/// Equal apart from `metadata.resourceVersion` and `metadata.managedFields`: a write that changes
+/// nothing else is a no-op (compared in place; copying both objects cost more than the check).
 fn same_but_bookkeeping(a: &Value, b: &Value) -> bool {
     let (Some(a), Some(b)) = (a.as_object(), b.as_object()) else { return a == b };
     let bookkeeping = |k: &str| k == "resourceVersion" || k == "managedFields";
