@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 
-use crate::{Event, EventKind, KeyValue, StoreError};
+use crate::{EventKind, KeyValue, StoreError};
 
 fn corrupt(what: &str) -> StoreError {
     StoreError::Backend(format!("corrupt {what} record"))
@@ -36,44 +36,57 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// A live key: `create_revision, mod_revision, value`.
-pub fn encode_kv(kv: &KeyValue) -> Vec<u8> {
-    let mut out = Vec::with_capacity(16 + kv.value.len());
-    out.extend_from_slice(&kv.create_revision.to_le_bytes());
-    out.extend_from_slice(&kv.mod_revision.to_le_bytes());
-    out.extend_from_slice(&kv.value);
-    out
-}
-
-pub fn decode_kv(key: &str, raw: &[u8]) -> Result<KeyValue, StoreError> {
+/// A live key in the first file format (`kv_v1`): `create_revision, mod_revision, value`. Read
+/// only to migrate such a file.
+pub fn decode_kv_v1(key: &str, raw: &[u8]) -> Result<KeyValue, StoreError> {
     let mut r = Reader(raw);
     let create_revision = r.u64("key")?;
     let mod_revision = r.u64("key")?;
     Ok(KeyValue { key: Arc::from(key), value: Bytes::copy_from_slice(r.0), create_revision, mod_revision })
 }
 
-/// A history entry, keyed by its revision:
-/// `kind, key, create_revision, value, [prev_create, prev_mod, prev_value]`.
-pub fn encode_event(event: &Event) -> Vec<u8> {
-    let prev_len = event.prev.as_ref().map_or(0, |p| 16 + p.value.len());
-    let mut out = Vec::with_capacity(1 + 4 + event.kv.key.len() + 8 + 4 + event.kv.value.len() + 1 + prev_len);
-    out.push(match event.kind {
-        EventKind::Put => 0,
-        EventKind::Delete => 1,
-    });
-    push_bytes(&mut out, event.kv.key.as_bytes());
-    out.extend_from_slice(&event.kv.create_revision.to_le_bytes());
-    push_bytes(&mut out, &event.kv.value);
-    match &event.prev {
-        None => out.push(0),
-        Some(prev) => {
-            out.push(1);
-            out.extend_from_slice(&prev.create_revision.to_le_bytes());
-            out.extend_from_slice(&prev.mod_revision.to_le_bytes());
-            out.extend_from_slice(&prev.value);
-        }
+/// One history record, keyed by its revision:
+/// `kind, create_revision, prev_revision, key, value`.
+///
+/// Each value is written once, in the record of the write that made it: a live key points at its
+/// newest record, and a record points at the one before it (`prev_revision`, 0 for none) instead
+/// of repeating its value. A delete's record has an empty value: the deleted value is its
+/// previous record's.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Record<'a> {
+    pub kind: EventKind,
+    pub create_revision: u64,
+    pub prev_revision: u64,
+    pub key: &'a str,
+    pub value: &'a [u8],
+}
+
+impl Record<'_> {
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = Vec::with_capacity(1 + 8 + 8 + 4 + self.key.len() + self.value.len());
+        out.push(match self.kind {
+            EventKind::Put => 0,
+            EventKind::Delete => 1,
+        });
+        out.extend_from_slice(&self.create_revision.to_le_bytes());
+        out.extend_from_slice(&self.prev_revision.to_le_bytes());
+        push_bytes(&mut out, self.key.as_bytes());
+        out.extend_from_slice(self.value);
+        out
     }
-    out
+
+    pub fn decode(raw: &[u8]) -> Result<Record<'_>, StoreError> {
+        let mut r = Reader(raw);
+        let kind = match r.take(1, "history")?[0] {
+            0 => EventKind::Put,
+            1 => EventKind::Delete,
+            _ => return Err(corrupt("history")),
+        };
+        let create_revision = r.u64("history")?;
+        let prev_revision = r.u64("history")?;
+        let key = std::str::from_utf8(r.bytes("history")?).map_err(|_| corrupt("history key"))?;
+        Ok(Record { kind, create_revision, prev_revision, key, value: r.0 })
+    }
 }
 
 fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
@@ -81,51 +94,29 @@ fn push_bytes(out: &mut Vec<u8>, b: &[u8]) {
     out.extend_from_slice(b);
 }
 
-pub fn decode_event(revision: u64, raw: &[u8]) -> Result<Event, StoreError> {
-    let mut r = Reader(raw);
-    let kind = match r.take(1, "event")?[0] {
-        0 => EventKind::Put,
-        1 => EventKind::Delete,
-        _ => return Err(corrupt("event")),
-    };
-    let key = std::str::from_utf8(r.bytes("event")?).map_err(|_| corrupt("event key"))?;
-    let key: Arc<str> = Arc::from(key);
-    let create_revision = r.u64("event")?;
-    let value = Bytes::copy_from_slice(r.bytes("event")?);
-    let prev = match r.take(1, "event")?[0] {
-        0 => None,
-        _ => {
-            let create_revision = r.u64("event")?;
-            let mod_revision = r.u64("event")?;
-            Some(KeyValue { key: key.clone(), value: Bytes::copy_from_slice(r.0), create_revision, mod_revision })
-        }
-    };
-    Ok(Event { kind, kv: KeyValue { key, value, create_revision, mod_revision: revision }, prev })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn event_round_trips_with_and_without_prev() {
-        let kv = KeyValue { key: "/a/b".into(), value: Bytes::from_static(b"new"), create_revision: 3, mod_revision: 9 };
-        let prev = KeyValue { key: "/a/b".into(), value: Bytes::from_static(b"old"), create_revision: 3, mod_revision: 5 };
-        for event in [
-            Event { kind: EventKind::Put, kv: kv.clone(), prev: None },
-            Event { kind: EventKind::Delete, kv: kv.clone(), prev: Some(prev) },
+    fn records_round_trip() {
+        for record in [
+            Record { kind: EventKind::Put, create_revision: 3, prev_revision: 0, key: "/a/b", value: b"new" },
+            Record { kind: EventKind::Put, create_revision: 3, prev_revision: 5, key: "/a/b", value: b"" },
+            Record { kind: EventKind::Delete, create_revision: 3, prev_revision: 9, key: "/a/b", value: b"" },
         ] {
-            let back = decode_event(9, &encode_event(&event)).unwrap();
-            assert_eq!(back.kind, event.kind);
-            assert_eq!(back.kv, event.kv);
-            assert_eq!(back.prev, event.prev);
+            assert_eq!(Record::decode(&record.encode()).unwrap(), record);
         }
     }
 
     #[test]
     fn truncated_records_are_errors_not_panics() {
-        assert!(decode_kv("k", &[1, 2, 3]).is_err());
-        assert!(decode_event(1, &[0, 9, 0, 0, 0]).is_err());
-        assert!(decode_event(1, &[7]).is_err());
+        assert!(decode_kv_v1("k", &[1, 2, 3]).is_err());
+        assert!(Record::decode(&[0, 9, 0, 0, 0]).is_err());
+        assert!(Record::decode(&[7]).is_err());
+        let whole = Record { kind: EventKind::Put, create_revision: 1, prev_revision: 0, key: "/k", value: b"v" }.encode();
+        for cut in 0..1 + 8 + 8 + 4 + 2 {
+            assert!(Record::decode(&whole[..cut]).is_err(), "cut at {cut}");
+        }
     }
 }

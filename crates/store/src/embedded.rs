@@ -7,11 +7,13 @@
 //! them in one redb transaction (one fsync for many writes: group commit). A write is acknowledged
 //! only after its transaction is durable, so kill -9 never loses an acknowledged write.
 //!
-//! History (one record per revision, with the previous value) stays in the file until compaction;
-//! it feeds watches that start in the past or fall behind, and reads at an older revision, which
-//! undo history from the newest map.
+//! History (one record per revision) stays in the file until compaction; it feeds watches that
+//! start in the past or fall behind, and reads at an older revision, which undo history from the
+//! newest map. Each value is written once, as etcd's MVCC store does: in the history record of the
+//! write that made it. A live key points at its newest record, and each record at the one before
+//! it, so an update writes its new value and nothing else.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Bound;
 use std::path::PathBuf;
 use std::sync::mpsc as std_mpsc;
@@ -21,14 +23,23 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use bytes::Bytes;
 use imbl::OrdMap;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, Table, TableDefinition, TableHandle, WriteTransaction};
 use tokio::sync::{broadcast, oneshot};
 
-use crate::codec::{decode_event, decode_kv, encode_event, encode_kv};
+use crate::codec::{Record, decode_kv_v1};
 use crate::{Event, EventKind, KeyValue, RangeRequest, RangeResponse, Result, Revision, Store, StoreError, Watch};
 
-const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv_v1");
-const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history_v1");
+/// Live keys: `(create_revision, mod_revision)`; the value is in the history record at
+/// `mod_revision`.
+const KV: TableDefinition<&str, (u64, u64)> = TableDefinition::new("kv_v2");
+/// One record per revision (`codec::Record`). Records at or below the compacted revision are
+/// exactly each key's newest value as of that revision, kept while a live key or a later record
+/// points at them.
+const HISTORY: TableDefinition<u64, &[u8]> = TableDefinition::new("history_v2");
+/// The first format, which copied values into the live table and into history (with the previous
+/// value again): migrated on open.
+const KV_V1: TableDefinition<&str, &[u8]> = TableDefinition::new("kv_v1");
+const HISTORY_V1: TableDefinition<u64, &[u8]> = TableDefinition::new("history_v1");
 const META: TableDefinition<&str, u64> = TableDefinition::new("meta_v1");
 const META_REVISION: &str = "revision";
 const META_COMPACTED: &str = "compacted";
@@ -108,6 +119,7 @@ impl EmbeddedStore {
         // 1 GiB default would mostly hold copies of what the map already has.
         let db = Database::builder().set_cache_size(options.cache_bytes).create(&options.path).map_err(backend)?;
         let txn = db.begin_write().map_err(backend)?;
+        migrate_v1(&txn)?;
         {
             txn.open_table(KV).map_err(backend)?;
             txn.open_table(HISTORY).map_err(backend)?;
@@ -119,12 +131,16 @@ impl EmbeddedStore {
         let meta = read.open_table(META).map_err(backend)?;
         let revision = meta.get(META_REVISION).map_err(backend)?.map_or(0, |v| v.value());
         let compacted = meta.get(META_COMPACTED).map_err(backend)?.map_or(0, |v| v.value());
+        let history = read.open_table(HISTORY).map_err(backend)?;
         let mut map = Map::new();
         for entry in read.open_table(KV).map_err(backend)?.iter().map_err(backend)? {
             let (k, v) = entry.map_err(backend)?;
-            let kv = decode_kv(k.value(), v.value())?;
-            map.insert(kv.key.clone(), kv);
+            let (create_revision, mod_revision) = v.value();
+            let key: Arc<str> = Arc::from(k.value());
+            let value = value_at(&history, mod_revision)?;
+            map.insert(key.clone(), KeyValue { key, value, create_revision, mod_revision });
         }
+        drop(history);
         drop(meta);
         drop(read);
 
@@ -200,14 +216,14 @@ impl EmbeddedStore {
         let read = self.shared.db.begin_read().map_err(backend)?;
         let history = read.open_table(HISTORY).map_err(backend)?;
         for entry in history.range((Bound::Excluded(wanted), Bound::Included(current))).map_err(backend)?.rev() {
-            let (rev, raw) = entry.map_err(backend)?;
-            let event = decode_event(rev.value(), raw.value())?;
-            match event.prev {
+            let (_, raw) = entry.map_err(backend)?;
+            let record = Record::decode(raw.value())?;
+            match previous(&history, &record)? {
                 Some(prev) => {
                     map.insert(prev.key.clone(), prev);
                 }
                 None => {
-                    map.remove(&event.kv.key);
+                    map.remove(record.key);
                 }
             }
         }
@@ -323,9 +339,9 @@ impl WatchInner {
         let history = read.open_table(HISTORY).map_err(backend)?;
         for entry in history.range((Bound::Excluded(self.seen), Bound::Included(current))).map_err(backend)? {
             let (rev, raw) = entry.map_err(backend)?;
-            let event = decode_event(rev.value(), raw.value())?;
-            if event.kv.key.starts_with(&self.prefix) {
-                self.backlog.push_back(event);
+            let record = Record::decode(raw.value())?;
+            if record.key.starts_with(&self.prefix) {
+                self.backlog.push_back(event_at(&history, rev.value(), &record)?);
             }
         }
         self.seen = current;
@@ -379,6 +395,7 @@ fn commit_batch(shared: &Shared, batch: Vec<WriteRequest>) {
         let state = shared.state.read().unwrap_or_else(|e| e.into_inner());
         (state.revision, state.compacted, state.map.clone())
     };
+    let compacted_before = compacted;
     let mut events = Vec::new();
     let mut compact_to = None;
     let mut outcomes = Vec::with_capacity(batch.len());
@@ -389,7 +406,7 @@ fn commit_batch(shared: &Shared, batch: Vec<WriteRequest>) {
         }
         outcomes.push(outcome);
     }
-    let persisted = if events.is_empty() && compact_to.is_none() { Ok(()) } else { persist(&shared.db, &events, revision, compact_to) };
+    let persisted = if events.is_empty() && compact_to.is_none() { Ok(()) } else { persist(&shared.db, &events, revision, compact_to.map(|to| (compacted_before, to))) };
     if let Err(error) = persisted {
         tracing::error!(%error, "store commit failed");
         for request in batch {
@@ -464,29 +481,146 @@ fn apply(map: &mut Map, revision: &mut Revision, op: &Op, events: &mut Vec<Event
     }
 }
 
-fn persist(db: &Database, events: &[Event], revision: Revision, compact_to: Option<Revision>) -> Result<()> {
+/// `compact`: from the last compacted revision to the new one.
+fn persist(db: &Database, events: &[Event], revision: Revision, compact: Option<(Revision, Revision)>) -> Result<()> {
     let txn = db.begin_write().map_err(backend)?;
     {
         let mut kv = txn.open_table(KV).map_err(backend)?;
         let mut history = txn.open_table(HISTORY).map_err(backend)?;
         for event in events {
-            match event.kind {
+            let prev_revision = event.prev.as_ref().map_or(0, |p| p.mod_revision);
+            let record = match event.kind {
                 EventKind::Put => {
-                    kv.insert(&*event.kv.key, encode_kv(&event.kv).as_slice()).map_err(backend)?;
+                    kv.insert(&*event.kv.key, (event.kv.create_revision, event.kv.mod_revision)).map_err(backend)?;
+                    Record { kind: EventKind::Put, create_revision: event.kv.create_revision, prev_revision, key: &event.kv.key, value: &event.kv.value }
                 }
                 EventKind::Delete => {
                     kv.remove(&*event.kv.key).map_err(backend)?;
+                    Record { kind: EventKind::Delete, create_revision: event.kv.create_revision, prev_revision, key: &event.kv.key, value: &[] }
                 }
-            }
-            history.insert(event.revision(), encode_event(event).as_slice()).map_err(backend)?;
+            };
+            history.insert(event.revision(), record.encode().as_slice()).map_err(backend)?;
         }
         let mut meta = txn.open_table(META).map_err(backend)?;
         meta.insert(META_REVISION, revision).map_err(backend)?;
-        if let Some(to) = compact_to {
-            history.retain_in(..=to, |_, _| false).map_err(backend)?;
+        if let Some((from, to)) = compact {
+            compact_history(&mut history, from, to)?;
             meta.insert(META_COMPACTED, to).map_err(backend)?;
         }
     }
     txn.commit().map_err(backend)?;
     Ok(())
+}
+
+/// Drops the records in `(from, to]` except each key's newest value as of `to`, and the older
+/// newest values those records replace. What stays at or below `to` is then, per key, its value
+/// at `to` (none for a key deleted by then): all a read at `to` or later, or a watch from `to`,
+/// can reach through the live table or a later record's `prev_revision`.
+fn compact_history(history: &mut Table<u64, &[u8]>, from: Revision, to: Revision) -> Result<()> {
+    let window = (Bound::Excluded(from), Bound::Included(to));
+    let mut newest: HashMap<String, Option<Revision>> = HashMap::new();
+    let mut replaced = Vec::new();
+    for entry in history.range(window).map_err(backend)? {
+        let (rev, raw) = entry.map_err(backend)?;
+        let record = Record::decode(raw.value())?;
+        // Only a key's first record in the window can point below it, at the value the last
+        // compaction kept for that key.
+        if record.prev_revision != 0 && record.prev_revision <= from {
+            replaced.push(record.prev_revision);
+        }
+        newest.insert(record.key.to_string(), (record.kind == EventKind::Put).then_some(rev.value()));
+    }
+    let keep: HashSet<Revision> = newest.into_values().flatten().collect();
+    history.retain_in(window, |rev, _| keep.contains(&rev)).map_err(backend)?;
+    for rev in replaced {
+        history.remove(rev).map_err(backend)?;
+    }
+    Ok(())
+}
+
+/// The value written at `revision`.
+fn value_at(history: &impl ReadableTable<u64, &'static [u8]>, revision: Revision) -> Result<Bytes> {
+    let raw = history.get(revision).map_err(backend)?.ok_or_else(|| StoreError::Backend(format!("history record {revision} is missing")))?;
+    Ok(Bytes::copy_from_slice(Record::decode(raw.value())?.value))
+}
+
+/// The key as it was before `record`'s write.
+fn previous(history: &impl ReadableTable<u64, &'static [u8]>, record: &Record<'_>) -> Result<Option<KeyValue>> {
+    if record.prev_revision == 0 {
+        return Ok(None);
+    }
+    let raw = history.get(record.prev_revision).map_err(backend)?.ok_or_else(|| StoreError::Backend(format!("history record {} is missing", record.prev_revision)))?;
+    let prev = Record::decode(raw.value())?;
+    Ok(Some(KeyValue { key: Arc::from(record.key), value: Bytes::copy_from_slice(prev.value), create_revision: prev.create_revision, mod_revision: record.prev_revision }))
+}
+
+/// The change `record` made at `revision`, as watchers see it.
+fn event_at(history: &impl ReadableTable<u64, &'static [u8]>, revision: Revision, record: &Record<'_>) -> Result<Event> {
+    let prev = previous(history, record)?;
+    let kv = match (record.kind, &prev) {
+        (EventKind::Put, _) => KeyValue { key: Arc::from(record.key), value: Bytes::copy_from_slice(record.value), create_revision: record.create_revision, mod_revision: revision },
+        (EventKind::Delete, Some(prev)) => KeyValue { mod_revision: revision, ..prev.clone() },
+        (EventKind::Delete, None) => return Err(StoreError::Backend(format!("history record {revision} deletes nothing"))),
+    };
+    Ok(Event { kind: record.kind, kv, prev })
+}
+
+/// Rewrites a first-format file: each live value becomes the only record of its key, at its
+/// revision, and the old history goes (watches from before the upgrade start over with a list).
+fn migrate_v1(txn: &WriteTransaction) -> Result<()> {
+    let has_v1 = txn.list_tables().map_err(backend)?.any(|table| table.name() == KV_V1.name());
+    if !has_v1 {
+        return Ok(());
+    }
+    {
+        let old = txn.open_table(KV_V1).map_err(backend)?;
+        let mut kv = txn.open_table(KV).map_err(backend)?;
+        let mut history = txn.open_table(HISTORY).map_err(backend)?;
+        for entry in old.iter().map_err(backend)? {
+            let (k, v) = entry.map_err(backend)?;
+            let live = decode_kv_v1(k.value(), v.value())?;
+            kv.insert(k.value(), (live.create_revision, live.mod_revision)).map_err(backend)?;
+            let record = Record { kind: EventKind::Put, create_revision: live.create_revision, prev_revision: 0, key: k.value(), value: &live.value };
+            history.insert(live.mod_revision, record.encode().as_slice()).map_err(backend)?;
+        }
+        let mut meta = txn.open_table(META).map_err(backend)?;
+        let revision = meta.get(META_REVISION).map_err(backend)?.map_or(0, |v| v.value());
+        meta.insert(META_COMPACTED, revision).map_err(backend)?;
+    }
+    txn.delete_table(KV_V1).map_err(backend)?;
+    txn.delete_table(HISTORY_V1).map_err(backend)?;
+    tracing::info!("store file migrated to the value-once format");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn history_revisions(store: &EmbeddedStore) -> Vec<Revision> {
+        let read = store.shared.db.begin_read().unwrap();
+        let history = read.open_table(HISTORY).unwrap();
+        history.iter().unwrap().map(|entry| entry.unwrap().0.value()).collect()
+    }
+
+    #[tokio::test]
+    async fn compaction_leaves_only_the_values_at_the_compacted_revision() {
+        let dir = std::env::temp_dir().join(format!("berth-store-unit-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let store = EmbeddedStore::open(EmbeddedOptions::new(dir.join("state.redb"))).unwrap();
+        let a = store.create("/a", Bytes::from_static(b"1")).await.unwrap(); // 1
+        let b = store.create("/b", Bytes::from_static(b"1")).await.unwrap(); // 2
+        let a = store.update("/a", Bytes::from_static(b"2"), a.mod_revision).await.unwrap(); // 3
+        store.delete("/b", Some(b.mod_revision)).await.unwrap(); // 4
+        store.create("/c", Bytes::from_static(b"1")).await.unwrap(); // 5
+        store.compact(4).await.unwrap();
+        // /a's value at 4 was written at 3; /b was deleted; 5 is after the compacted revision.
+        assert_eq!(history_revisions(&store), [3, 5]);
+        store.update("/a", Bytes::from_static(b"3"), a.mod_revision).await.unwrap(); // 6
+        store.compact(6).await.unwrap();
+        // 3 was replaced by 6, which is /a's value now.
+        assert_eq!(history_revisions(&store), [5, 6]);
+        store.close();
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

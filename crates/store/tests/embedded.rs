@@ -190,3 +190,139 @@ async fn concurrent_writers_each_get_a_distinct_revision() {
     assert_eq!(all.len(), 800);
     assert_eq!(store.current_revision(), 800);
 }
+
+/// What the store should hold: every revision's map, and every change with the value before it.
+#[derive(Default)]
+struct Model {
+    snapshots: Vec<std::collections::BTreeMap<String, (Bytes, u64, u64)>>,
+    events: Vec<(EventKind, String, Bytes, Option<Bytes>)>,
+}
+
+impl Model {
+    fn now(&self) -> std::collections::BTreeMap<String, (Bytes, u64, u64)> {
+        self.snapshots.last().cloned().unwrap_or_default()
+    }
+}
+
+/// Checks reads at every revision from the compacted one on, and a watch from the compacted one,
+/// against the model.
+async fn check_against(store: &EmbeddedStore, model: &Model) {
+    let compacted = store.compacted_revision();
+    let current = store.current_revision();
+    assert_eq!(current as usize, model.snapshots.len());
+    for rev in compacted.max(1)..=current {
+        let got = store.range(RangeRequest { prefix: "/m/".into(), revision: Some(rev), ..Default::default() }).await.unwrap();
+        let got: Vec<(String, Bytes, u64, u64)> = got.kvs.into_iter().map(|kv| (kv.key.to_string(), kv.value, kv.create_revision, kv.mod_revision)).collect();
+        let want: Vec<(String, Bytes, u64, u64)> = model.snapshots[rev as usize - 1].iter().map(|(k, (v, c, m))| (k.clone(), v.clone(), *c, *m)).collect();
+        assert_eq!(got, want, "read at revision {rev} (compacted {compacted})");
+    }
+    let mut watch = store.watch("/m/", compacted).unwrap();
+    for rev in compacted + 1..=current {
+        let event = watch.next().await.unwrap().unwrap();
+        let (kind, key, value, prev) = &model.events[rev as usize - 1];
+        assert_eq!(event.revision(), rev);
+        assert_eq!((&event.kind, &*event.kv.key, &event.kv.value), (kind, key.as_str(), value), "event at {rev}");
+        assert_eq!(event.prev.map(|p| p.value), *prev, "previous value of the event at {rev}");
+    }
+}
+
+#[tokio::test]
+async fn compaction_keeps_what_reads_and_watches_after_it_need() {
+    let dir = tempdir::Dir::new();
+    let path = dir.path.join("state.redb");
+    let mut store = EmbeddedStore::open(EmbeddedOptions::new(&path)).unwrap();
+    let mut model = Model::default();
+    // A fixed pseudo-random walk over a few keys: creates, updates, deletes and re-creates, with
+    // compactions and restarts in between.
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    for step in 0..400u64 {
+        let key = format!("/m/{}", next() % 6);
+        let mut now = model.now();
+        let value = Bytes::from(format!("v{step}"));
+        let (kind, prev) = match now.get(&key).cloned() {
+            None => {
+                let kv = store.create(&key, value.clone()).await.unwrap();
+                now.insert(key.clone(), (value.clone(), kv.create_revision, kv.mod_revision));
+                (EventKind::Put, None)
+            }
+            Some((old, create, modified)) if next() % 4 == 0 => {
+                store.delete(&key, Some(modified)).await.unwrap();
+                now.remove(&key);
+                let _ = create;
+                (EventKind::Delete, Some(old))
+            }
+            Some((old, create, modified)) => {
+                let kv = store.update(&key, value.clone(), modified).await.unwrap();
+                now.insert(key.clone(), (value.clone(), create, kv.mod_revision));
+                (EventKind::Put, Some(old))
+            }
+        };
+        let event_value = if kind == EventKind::Delete { prev.clone().unwrap() } else { value };
+        model.events.push((kind, key, event_value, prev));
+        model.snapshots.push(now);
+        if step % 37 == 36 {
+            let current = store.current_revision();
+            store.compact(current - next() % 20).await.unwrap();
+            check_against(&store, &model).await;
+        }
+        if step % 101 == 100 {
+            store.close();
+            drop(store);
+            store = EmbeddedStore::open(EmbeddedOptions::new(&path)).unwrap();
+            check_against(&store, &model).await;
+        }
+    }
+    check_against(&store, &model).await;
+}
+
+#[tokio::test]
+async fn a_file_in_the_first_format_is_migrated_on_open() {
+    let dir = tempdir::Dir::new();
+    let path = dir.path.join("state.redb");
+    {
+        // The first format: values in the live table after two revisions, history with copies.
+        let kv: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("kv_v1");
+        let history: redb::TableDefinition<u64, &[u8]> = redb::TableDefinition::new("history_v1");
+        let meta: redb::TableDefinition<&str, u64> = redb::TableDefinition::new("meta_v1");
+        let db = redb::Database::create(&path).unwrap();
+        let txn = db.begin_write().unwrap();
+        {
+            let mut table = txn.open_table(kv).unwrap();
+            for (key, create, modified, value) in [("/v1/a", 1u64, 3u64, "a2"), ("/v1/b", 2, 2, "b1")] {
+                let mut raw = Vec::new();
+                raw.extend_from_slice(&create.to_le_bytes());
+                raw.extend_from_slice(&modified.to_le_bytes());
+                raw.extend_from_slice(value.as_bytes());
+                table.insert(key, raw.as_slice()).unwrap();
+            }
+            txn.open_table(history).unwrap().insert(3, &b"old history"[..]).unwrap();
+            txn.open_table(meta).unwrap().insert("revision", 4).unwrap();
+        }
+        txn.commit().unwrap();
+    }
+    for _ in 0..2 {
+        let store = EmbeddedStore::open(EmbeddedOptions::new(&path)).unwrap();
+        assert_eq!((store.current_revision(), store.compacted_revision()), (4, 4));
+        let (a, _) = store.get("/v1/a").await.unwrap();
+        let a = a.unwrap();
+        assert_eq!((a.value, a.create_revision, a.mod_revision), (b("a2"), 1, 3));
+        let all = store.range(RangeRequest { prefix: "/v1/".into(), revision: Some(4), ..Default::default() }).await.unwrap();
+        assert_eq!(all.kvs.len(), 2);
+        store.close();
+    }
+    let store = EmbeddedStore::open(EmbeddedOptions::new(&path)).unwrap();
+    let mut watch = store.watch("/v1/", 4).unwrap();
+    let updated = store.update("/v1/a", b("a3"), 3).await.unwrap();
+    assert_eq!(updated.mod_revision, 5);
+    let event = watch.next().await.unwrap().unwrap();
+    assert_eq!(event.prev.map(|p| (p.value, p.mod_revision)), Some((b("a2"), 3)));
+    store.delete("/v1/b", None).await.unwrap();
+    let event = watch.next().await.unwrap().unwrap();
+    assert_eq!((event.kind, event.kv.value), (EventKind::Delete, b("b1")));
+}
