@@ -69,6 +69,20 @@ pub struct Written {
     pub warnings: Vec<String>,
     /// True when the write created the object (201 instead of 200).
     pub created: bool,
+    /// `object` as stored, when the stored bytes are exactly its JSON (no conversion): a JSON
+    /// response is cut from them, as a GET's is, instead of serializing `object` again.
+    pub stored: Option<KeyValue>,
+}
+
+impl Written {
+    fn unstored(object: Value, warnings: Vec<String>, created: bool) -> Self {
+        Written { object, warnings, created, stored: None }
+    }
+}
+
+/// The stored form of an object when it is also the served form.
+fn served_as_stored(def: &ResourceDef, kv: KeyValue) -> Option<KeyValue> {
+    (def.conversion == crate::conversion::Conversion::None).then_some(kv)
 }
 
 #[derive(Clone, Debug, Default)]
@@ -380,7 +394,7 @@ impl Api {
             if let Some(ip) = allocated {
                 self.service_ips.release(ip);
             }
-            return Ok(Written { object: obj, warnings, created: true });
+            return Ok(Written::unstored(obj, warnings, true));
         }
         let mut name = name;
         let mut attempts = 1;
@@ -401,7 +415,7 @@ impl Api {
         match created {
             Ok(kv) => {
                 metadata_mut(&mut obj).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
-                Ok(Written { object: obj, warnings, created: true })
+                Ok(Written { object: obj, warnings, created: true, stored: served_as_stored(def, kv) })
             }
             Err(e) => {
                 if let Some(ip) = allocated {
@@ -513,7 +527,7 @@ impl Api {
         let mut new = self.record_manager(def, Some(&old), new, part, opts);
         let unchanged = same_but_bookkeeping(&new, &old);
         if opts.dry_run {
-            return Ok(Written { object: new, warnings, created: false });
+            return Ok(Written::unstored(new, warnings, false));
         }
         // Removing the last finalizer from an object whose deletion is due completes the delete.
         if objects::is_deleting(&new) && objects::finalizers(&new).is_empty() && deletion_due(&new) {
@@ -521,20 +535,20 @@ impl Api {
             return match self.store.delete(&key, Some(current.mod_revision)).await {
                 Ok((_, rev)) => {
                     metadata_mut(&mut new).insert("resourceVersion".into(), json!(rev.to_string()));
-                    Ok(Written { object: new, warnings, created: false })
+                    Ok(Written::unstored(new, warnings, false))
                 }
                 Err(e) => Err(write_error(def, name, e)),
             };
         }
         if unchanged {
             // Upstream skips no-op writes: the revision does not move and watchers see nothing.
-            return Ok(Written { object: old, warnings, created: false });
+            return Ok(Written { object: old, warnings, created: false, stored: served_as_stored(def, current.clone()) });
         }
         let key = def.key(namespace, name);
         match self.store.update(&key, storage_bytes(def, &new), current.mod_revision).await {
             Ok(kv) => {
                 metadata_mut(&mut new).insert("resourceVersion".into(), json!(kv.mod_revision.to_string()));
-                Ok(Written { object: new, warnings, created: false })
+                Ok(Written { object: new, warnings, created: false, stored: served_as_stored(def, kv) })
             }
             Err(e) => Err(write_error(def, name, e)),
         }
@@ -798,6 +812,38 @@ mod tests {
         let (first, second) = (objects::name(&first.object).to_string(), objects::name(&second.object).to_string());
         assert!(first.starts_with("taken-") && second.starts_with("taken-") && first.len() == second.len(), "{first} {second}");
         assert_ne!(first, second);
+        let _ = std::fs::remove_dir_all(dir);
+    }
+
+    #[tokio::test]
+    async fn a_written_object_is_its_stored_bytes_unless_converted() {
+        let dir = std::env::temp_dir().join(format!("berth-api-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let store: Arc<dyn Store> = Arc::new(store::EmbeddedStore::open(store::EmbeddedOptions::new(dir.join("state.redb"))).expect("open store"));
+        let registry = Arc::new(Registry::new());
+        let openapi = Arc::new(crate::openapi_docs::OpenApiDocs::new(&registry));
+        let api = Api::new(store, registry.clone(), ServiceIps::new("10.43.0.0/16").expect("cidr"), openapi);
+        api.bootstrap().await.expect("bootstrap");
+        let def = registry.get("", "v1", "configmaps").expect("configmaps");
+        let created = api.create(&def, Some("default"), json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "1"}}), &WriteOptions::default()).await.expect("create");
+        let updated = api.update(&def, Some("default"), "c", json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "2"}}), Part::Main, &WriteOptions::default()).await.expect("update");
+        // A no-op write answers with what is stored.
+        let same = api.update(&def, Some("default"), "c", json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "2"}}), Part::Main, &WriteOptions::default()).await.expect("no-op update");
+        for written in [&created, &updated, &same] {
+            let stored = written.stored.as_ref().expect("stored bytes");
+            let parsed: Value = serde_json::from_slice(&Api::raw_bytes(stored)).expect("json");
+            assert_eq!(parsed, written.object);
+        }
+        assert_eq!(same.stored.as_ref().map(|kv| kv.mod_revision), updated.stored.as_ref().map(|kv| kv.mod_revision));
+        let dry = WriteOptions { dry_run: true, ..WriteOptions::default() };
+        let not_stored = api.create(&def, Some("default"), json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "d"}}), &dry).await.expect("dry run");
+        assert!(not_stored.stored.is_none());
+        // autoscaling/v1 is served from v2: its answer is the converted object, not the stored one.
+        let hpa = registry.get("autoscaling", "v1", "horizontalpodautoscalers").expect("hpa v1");
+        let scaler = json!({"apiVersion": "autoscaling/v1", "kind": "HorizontalPodAutoscaler", "metadata": {"name": "h"},
+            "spec": {"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "Deployment", "name": "d"}, "minReplicas": 1, "maxReplicas": 3}});
+        let converted = api.create(&hpa, Some("default"), scaler, &WriteOptions::default()).await.expect("hpa create");
+        assert!(converted.stored.is_none());
         let _ = std::fs::remove_dir_all(dir);
     }
 

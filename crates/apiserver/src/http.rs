@@ -160,6 +160,16 @@ pub fn negotiate(headers: &HeaderMap) -> ApiResult<Format> {
     }
 }
 
+/// A write's answer. JSON comes straight from the stored bytes where they are the object's, as
+/// a GET's does: serializing the object again was 4% of the server's CPU in `berth bench scheduler`.
+fn answer_write(code: u16, written: &crate::api::Written, format: Format) -> Response<Body> {
+    let response = match (&written.stored, format) {
+        (Some(kv), Format::Json) => bytes_response(code, Api::raw_bytes(kv), "application/json"),
+        _ => render(code, &written.object, format),
+    };
+    with_warnings(response, &written.warnings)
+}
+
 pub fn render(code: u16, value: &Value, format: Format) -> Response<Body> {
     match format {
         Format::Yaml => match serde_saphyr::to_string(value) {
@@ -457,7 +467,7 @@ async fn serve_resource(server: &Arc<Server>, req: http::Request<RequestBody>, t
             let raw = read_body(req.into_body()).await.map_err(|e| ("create", e))?;
             let body = decode_object(&content_type, &raw).map_err(|e| ("create", e))?;
             let written = api.create(&def, ns, body, &opts).await.map_err(|e| ("create", e))?;
-            Ok(("create", with_warnings(render(201, &written.object, format), &written.warnings)))
+            Ok(("create", answer_write(201, &written, format)))
         }
         (&Method::POST, Some(name)) if def.kind == "Pod" && def.group.is_empty() && target.subresource.as_deref() == Some("binding") => {
             let raw = read_body(req.into_body()).await.map_err(|e| ("create", e))?;
@@ -489,7 +499,7 @@ async fn serve_resource(server: &Arc<Server>, req: http::Request<RequestBody>, t
             }
             let written = api.update(&def, ns, name, body, part, &opts).await.map_err(|e| ("update", e))?;
             let code = if written.created { 201 } else { 200 };
-            Ok(("update", with_warnings(render(code, &written.object, format), &written.warnings)))
+            Ok(("update", answer_write(code, &written, format)))
         }
         (&Method::PATCH, Some(name)) => {
             let opts = query.write_options(&headers).map_err(|e| ("patch", e))?;
@@ -501,7 +511,7 @@ async fn serve_resource(server: &Arc<Server>, req: http::Request<RequestBody>, t
             }
             let written = patching::patch(server, &def, ns, name, part, &content_type, &raw, &opts).await.map_err(|e| ("patch", e))?;
             let code = if written.created { 201 } else { 200 };
-            Ok(("patch", with_warnings(render(code, &written.object, format), &written.warnings)))
+            Ok(("patch", answer_write(code, &written, format)))
         }
         (&Method::DELETE, Some(name)) => {
             let content_type = header_str(&headers, header::CONTENT_TYPE);
