@@ -8,11 +8,12 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::StreamExt;
-use kube::api::{Api, ApiResource, DynamicObject};
+use kube::api::{Api, ApiResource};
 use kube::discovery::{Discovery, Scope, verbs};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::core::PartialObjectMeta;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
+use kube::core::DynamicResourceScope;
 use kube::runtime::{WatchStreamExt, watcher};
+use serde::{Deserialize, Deserializer};
 use tokio::sync::watch;
 
 /// What the graph keeps of one object.
@@ -149,8 +150,7 @@ impl Graph {
         }
         let g = self.clone();
         tokio::spawn(async move {
-            // Metadata is all the graph keeps, so it asks for nothing more.
-            let api: Api<PartialObjectMeta<DynamicObject>> = Api::all_with(client, &*ar);
+            let api: Api<GraphObject> = Api::all_with(client, &*ar);
             let mut stream = watcher(api, watcher::Config::default()).default_backoff().boxed();
             let mut fresh: HashMap<String, Node> = HashMap::new();
             while let Some(event) = stream.next().await {
@@ -260,6 +260,73 @@ impl Graph {
     }
 }
 
+/// An object as the graph decodes it: the metadata it keeps, and nothing else built. Every pod
+/// change passes through here; its managedFields, labels and spec are skipped unparsed.
+#[derive(Clone, Debug, Deserialize)]
+struct GraphObject {
+    #[serde(default, deserialize_with = "graph_meta")]
+    metadata: ObjectMeta,
+}
+
+fn graph_meta<'de, D: Deserializer<'de>>(deserializer: D) -> Result<ObjectMeta, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Meta {
+        #[serde(default)]
+        deletion_timestamp: Option<Time>,
+        #[serde(default)]
+        finalizers: Option<Vec<String>>,
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        namespace: Option<String>,
+        #[serde(default)]
+        owner_references: Option<Vec<OwnerReference>>,
+        #[serde(default)]
+        resource_version: Option<String>,
+        #[serde(default)]
+        uid: Option<String>,
+    }
+    let meta = Option::<Meta>::deserialize(deserializer)?;
+    Ok(meta.map_or_else(ObjectMeta::default, |meta| ObjectMeta {
+        deletion_timestamp: meta.deletion_timestamp,
+        finalizers: meta.finalizers,
+        name: meta.name,
+        namespace: meta.namespace,
+        owner_references: meta.owner_references,
+        resource_version: meta.resource_version,
+        uid: meta.uid,
+        ..ObjectMeta::default()
+    }))
+}
+
+impl kube::Resource for GraphObject {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn group(dt: &ApiResource) -> std::borrow::Cow<'_, str> {
+        dt.group.as_str().into()
+    }
+    fn version(dt: &ApiResource) -> std::borrow::Cow<'_, str> {
+        dt.version.as_str().into()
+    }
+    fn kind(dt: &ApiResource) -> std::borrow::Cow<'_, str> {
+        dt.kind.as_str().into()
+    }
+    fn api_version(dt: &ApiResource) -> std::borrow::Cow<'_, str> {
+        dt.api_version.as_str().into()
+    }
+    fn plural(dt: &ApiResource) -> std::borrow::Cow<'_, str> {
+        dt.plural.as_str().into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
 fn to_node(ar: &Arc<ApiResource>, namespaced: bool, meta: &ObjectMeta) -> Option<Node> {
     Some(Node {
         resource: ar.clone(),
@@ -272,4 +339,31 @@ fn to_node(ar: &Arc<ApiResource>, namespaced: bool, meta: &ObjectMeta) -> Option
         deleting: meta.deletion_timestamp.is_some(),
         resource_version: meta.resource_version.clone().unwrap_or_default(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_graph_decodes_only_the_metadata_it_keeps() {
+        let pod = serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {
+                "name": "p", "namespace": "ns", "uid": "u", "resourceVersion": "7",
+                "labels": {"app": "a"}, "finalizers": ["f"], "deletionTimestamp": "2026-01-01T00:00:00Z",
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "rs", "uid": "o", "controller": true}],
+                "managedFields": [{"manager": "m", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]
+            },
+            "spec": {"containers": [{"name": "c", "image": "i"}]}
+        });
+        let object: GraphObject = serde_json::from_value(pod).expect("decodes");
+        let ar = Arc::new(ApiResource::erase::<k8s_openapi::api::core::v1::Pod>(&()));
+        let node = to_node(&ar, true, &object.metadata).expect("a node");
+        assert_eq!((node.name.as_str(), node.namespace.as_deref(), node.uid.as_str(), node.resource_version.as_str()), ("p", Some("ns"), "u", "7"));
+        assert_eq!((node.finalizers, node.deleting, node.owners[0].name.as_str()), (vec!["f".to_string()], true, "rs"));
+        assert!(object.metadata.managed_fields.is_none() && object.metadata.labels.is_none());
+        let bare: GraphObject = serde_json::from_value(serde_json::json!({"metadata": null})).expect("null metadata decodes");
+        assert!(to_node(&ar, true, &bare.metadata).is_none());
+    }
 }
