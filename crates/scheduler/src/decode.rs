@@ -8,7 +8,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::{Pod, PodSpec, PodStatus};
+use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use serde::{Deserialize, Deserializer};
 
@@ -72,8 +72,8 @@ pub fn meta_without_managed_fields<'de, D: Deserializer<'de>>(deserializer: D) -
     })
 }
 
-/// A pod as the scheduler's watch decodes it: a whole `Pod` but for its metadata's
-/// managedFields and last-applied annotation.
+/// A whole `Pod` but for its metadata's managedFields and last-applied annotation (the
+/// simulated nodes' watch; the scheduler's decodes less, see [`SchedulingPod`]).
 #[derive(Clone, Debug, Default)]
 pub struct WatchedPod(pub Pod);
 
@@ -90,6 +90,310 @@ impl<'de> Deserialize<'de> for WatchedPod {
         }
         let parts = Parts::deserialize(deserializer)?;
         Ok(WatchedPod(Pod { metadata: parts.metadata, spec: parts.spec, status: parts.status }))
+    }
+}
+
+/// A pod as the scheduler's watch decodes it: what [`WatchedPod`] holds after the scheduler's
+/// `slim`, built directly. Containers keep only name, image, ports, resources, resize and
+/// restart policy; only volumes that name a claim are kept; ephemeral containers and container
+/// statuses are skipped unparsed. Every pod change (its creation, binding and each status
+/// write) passes through here, and the skipped parts were most of the decoding.
+///
+/// The spec and status structs below list every field of `PodSpec` and `PodStatus` and build
+/// them without `..Default::default()`, so a field k8s-openapi adds fails to compile here
+/// instead of silently reading as unset.
+#[derive(Clone, Debug, Default)]
+pub struct SchedulingPod(pub Pod);
+
+impl<'de> Deserialize<'de> for SchedulingPod {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Parts {
+            #[serde(default, deserialize_with = "meta_without_managed_fields")]
+            metadata: ObjectMeta,
+            #[serde(default)]
+            spec: Option<SlimSpec>,
+            #[serde(default)]
+            status: Option<SlimStatus>,
+        }
+        let parts = Parts::deserialize(deserializer)?;
+        Ok(SchedulingPod(Pod { metadata: parts.metadata, spec: parts.spec.map(SlimSpec::into_spec), status: parts.status.map(SlimStatus::into_status) }))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlimContainer {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    image: Option<String>,
+    #[serde(default)]
+    ports: Option<Vec<k8s_openapi::api::core::v1::ContainerPort>>,
+    #[serde(default)]
+    resize_policy: Option<Vec<k8s_openapi::api::core::v1::ContainerResizePolicy>>,
+    #[serde(default)]
+    resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    #[serde(default)]
+    restart_policy: Option<String>,
+}
+
+impl SlimContainer {
+    fn into_container(self) -> Container {
+        Container {
+            name: self.name.unwrap_or_default(),
+            image: self.image,
+            ports: self.ports,
+            resize_policy: self.resize_policy,
+            resources: self.resources,
+            restart_policy: self.restart_policy,
+            ..Default::default()
+        }
+    }
+}
+
+/// A volume as far as the scheduler reads it: only claims matter.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlimVolume {
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default)]
+    persistent_volume_claim: Option<k8s_openapi::api::core::v1::PersistentVolumeClaimVolumeSource>,
+    #[serde(default)]
+    ephemeral: Option<k8s_openapi::api::core::v1::EphemeralVolumeSource>,
+}
+
+fn containers(list: Option<Vec<SlimContainer>>) -> Option<Vec<Container>> {
+    list.map(|list| list.into_iter().map(SlimContainer::into_container).collect()).filter(|c: &Vec<Container>| !c.is_empty())
+}
+
+/// What `shrink` in the driver leaves of a list: no spare capacity, and none for an empty one.
+fn shrunk<T>(list: Option<Vec<T>>) -> Option<Vec<T>> {
+    list.filter(|l| !l.is_empty()).map(|mut l| {
+        l.shrink_to_fit();
+        l
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlimSpec {
+    #[serde(default)]
+    active_deadline_seconds: Option<i64>,
+    #[serde(default)]
+    affinity: Option<k8s_openapi::api::core::v1::Affinity>,
+    #[serde(default)]
+    automount_service_account_token: Option<bool>,
+    #[serde(default)]
+    containers: Option<Vec<SlimContainer>>,
+    #[serde(default)]
+    dns_config: Option<k8s_openapi::api::core::v1::PodDNSConfig>,
+    #[serde(default)]
+    dns_policy: Option<String>,
+    #[serde(default)]
+    enable_service_links: Option<bool>,
+    #[serde(default)]
+    host_aliases: Option<Vec<k8s_openapi::api::core::v1::HostAlias>>,
+    #[serde(default, rename = "hostIPC")]
+    host_ipc: Option<bool>,
+    #[serde(default)]
+    host_network: Option<bool>,
+    #[serde(default, rename = "hostPID")]
+    host_pid: Option<bool>,
+    #[serde(default)]
+    host_users: Option<bool>,
+    #[serde(default)]
+    hostname: Option<String>,
+    #[serde(default)]
+    image_pull_secrets: Option<Vec<k8s_openapi::api::core::v1::LocalObjectReference>>,
+    #[serde(default)]
+    init_containers: Option<Vec<SlimContainer>>,
+    #[serde(default)]
+    node_name: Option<String>,
+    #[serde(default)]
+    node_selector: Option<BTreeMap<String, String>>,
+    #[serde(default)]
+    os: Option<k8s_openapi::api::core::v1::PodOS>,
+    #[serde(default)]
+    overhead: Option<BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>,
+    #[serde(default)]
+    preemption_policy: Option<String>,
+    #[serde(default)]
+    priority: Option<i32>,
+    #[serde(default)]
+    priority_class_name: Option<String>,
+    #[serde(default)]
+    readiness_gates: Option<Vec<k8s_openapi::api::core::v1::PodReadinessGate>>,
+    #[serde(default)]
+    resource_claims: Option<Vec<k8s_openapi::api::core::v1::PodResourceClaim>>,
+    #[serde(default)]
+    resources: Option<k8s_openapi::api::core::v1::ResourceRequirements>,
+    #[serde(default)]
+    restart_policy: Option<String>,
+    #[serde(default)]
+    runtime_class_name: Option<String>,
+    #[serde(default)]
+    scheduler_name: Option<String>,
+    #[serde(default)]
+    scheduling_gates: Option<Vec<k8s_openapi::api::core::v1::PodSchedulingGate>>,
+    #[serde(default)]
+    security_context: Option<k8s_openapi::api::core::v1::PodSecurityContext>,
+    #[serde(default)]
+    service_account: Option<String>,
+    #[serde(default)]
+    service_account_name: Option<String>,
+    #[serde(default, rename = "setHostnameAsFQDN")]
+    set_hostname_as_fqdn: Option<bool>,
+    #[serde(default)]
+    share_process_namespace: Option<bool>,
+    #[serde(default)]
+    subdomain: Option<String>,
+    #[serde(default)]
+    termination_grace_period_seconds: Option<i64>,
+    #[serde(default)]
+    tolerations: Option<Vec<k8s_openapi::api::core::v1::Toleration>>,
+    #[serde(default)]
+    topology_spread_constraints: Option<Vec<k8s_openapi::api::core::v1::TopologySpreadConstraint>>,
+    #[serde(default)]
+    volumes: Option<Vec<SlimVolume>>,
+}
+
+impl SlimSpec {
+    fn into_spec(self) -> PodSpec {
+        let volumes = self.volumes.map(|volumes| {
+            volumes
+                .into_iter()
+                .filter(|v| v.persistent_volume_claim.is_some() || v.ephemeral.is_some())
+                .map(|v| Volume { name: v.name.unwrap_or_default(), persistent_volume_claim: v.persistent_volume_claim, ephemeral: v.ephemeral, ..Default::default() })
+                .collect()
+        });
+        PodSpec {
+            active_deadline_seconds: self.active_deadline_seconds,
+            affinity: self.affinity,
+            automount_service_account_token: self.automount_service_account_token,
+            containers: containers(self.containers).unwrap_or_default(),
+            dns_config: self.dns_config,
+            dns_policy: self.dns_policy,
+            enable_service_links: self.enable_service_links,
+            ephemeral_containers: None,
+            host_aliases: self.host_aliases,
+            host_ipc: self.host_ipc,
+            host_network: self.host_network,
+            host_pid: self.host_pid,
+            host_users: self.host_users,
+            hostname: self.hostname,
+            image_pull_secrets: self.image_pull_secrets,
+            init_containers: shrunk(containers(self.init_containers)),
+            node_name: self.node_name,
+            node_selector: self.node_selector,
+            os: self.os,
+            overhead: self.overhead,
+            preemption_policy: self.preemption_policy,
+            priority: self.priority,
+            priority_class_name: self.priority_class_name,
+            readiness_gates: self.readiness_gates,
+            resource_claims: self.resource_claims,
+            resources: self.resources,
+            restart_policy: self.restart_policy,
+            runtime_class_name: self.runtime_class_name,
+            scheduler_name: self.scheduler_name,
+            scheduling_gates: self.scheduling_gates,
+            security_context: self.security_context,
+            service_account: self.service_account,
+            service_account_name: self.service_account_name,
+            set_hostname_as_fqdn: self.set_hostname_as_fqdn,
+            share_process_namespace: self.share_process_namespace,
+            subdomain: self.subdomain,
+            termination_grace_period_seconds: self.termination_grace_period_seconds,
+            tolerations: shrunk(self.tolerations),
+            topology_spread_constraints: self.topology_spread_constraints,
+            volumes: shrunk(volumes),
+        }
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct SlimStatus {
+    #[serde(default)]
+    conditions: Option<Vec<k8s_openapi::api::core::v1::PodCondition>>,
+    #[serde(default, rename = "hostIP")]
+    host_ip: Option<String>,
+    #[serde(default, rename = "hostIPs")]
+    host_ips: Option<Vec<k8s_openapi::api::core::v1::HostIP>>,
+    #[serde(default)]
+    message: Option<String>,
+    #[serde(default)]
+    nominated_node_name: Option<String>,
+    #[serde(default)]
+    observed_generation: Option<i64>,
+    #[serde(default)]
+    phase: Option<String>,
+    #[serde(default, rename = "podIP")]
+    pod_ip: Option<String>,
+    #[serde(default, rename = "podIPs")]
+    pod_ips: Option<Vec<k8s_openapi::api::core::v1::PodIP>>,
+    #[serde(default)]
+    qos_class: Option<String>,
+    #[serde(default)]
+    reason: Option<String>,
+    #[serde(default)]
+    resize: Option<String>,
+    #[serde(default)]
+    resource_claim_statuses: Option<Vec<k8s_openapi::api::core::v1::PodResourceClaimStatus>>,
+    #[serde(default)]
+    start_time: Option<Time>,
+}
+
+impl SlimStatus {
+    fn into_status(self) -> PodStatus {
+        PodStatus {
+            conditions: shrunk(self.conditions),
+            container_statuses: None,
+            ephemeral_container_statuses: None,
+            host_ip: self.host_ip,
+            host_ips: shrunk(self.host_ips),
+            init_container_statuses: None,
+            message: self.message,
+            nominated_node_name: self.nominated_node_name,
+            observed_generation: self.observed_generation,
+            phase: self.phase,
+            pod_ip: self.pod_ip,
+            pod_ips: shrunk(self.pod_ips),
+            qos_class: self.qos_class,
+            reason: self.reason,
+            resize: self.resize,
+            resource_claim_statuses: self.resource_claim_statuses,
+            start_time: self.start_time,
+        }
+    }
+}
+
+impl kube::Resource for SchedulingPod {
+    type DynamicType = ();
+    type Scope = NamespaceResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        <Pod as kube::Resource>::kind(&())
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        <Pod as kube::Resource>::group(&())
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        <Pod as kube::Resource>::version(&())
+    }
+    fn api_version(_: &()) -> Cow<'_, str> {
+        <Pod as kube::Resource>::api_version(&())
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        <Pod as kube::Resource>::plural(&())
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.0.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.0.metadata
     }
 }
 

@@ -23,7 +23,7 @@ use tokio::task::JoinSet;
 
 use crate::algorithm::{Cursor, ScheduleError, schedule};
 use crate::cluster::Cluster;
-use crate::decode::WatchedPod;
+use crate::decode::SchedulingPod;
 use crate::filters::Plugin;
 use crate::model::PodInfo;
 use crate::preemption::{Preemption, preempt};
@@ -284,7 +284,7 @@ trait Watched: kube::Resource<DynamicType = ()> + Clone + k8s_openapi::serde::de
     fn keys(state: &State) -> Vec<String>;
 }
 
-impl Watched for WatchedPod {
+impl Watched for SchedulingPod {
     const SYNCED: u8 = SYNCED_PODS;
     fn key(&self) -> Option<String> {
         self.0.metadata.uid.clone()
@@ -771,7 +771,7 @@ impl Running {
         // Terminal pods hold nothing, so the server filters them out (upstream's informer does
         // the same); one leaving the selector arrives as a deletion.
         let pods = watcher::Config::default().fields("status.phase!=Succeeded,status.phase!=Failed");
-        tasks.spawn(watch(Api::<WatchedPod>::all(client.clone()), pods, shared.clone()));
+        tasks.spawn(watch(Api::<SchedulingPod>::all(client.clone()), pods, shared.clone()));
         tasks.spawn(watch(Api::<Node>::all(client.clone()), watcher::Config::default(), shared.clone()));
         tasks.spawn(watch(Api::<Namespace>::all(client.clone()), watcher::Config::default(), shared.clone()));
         tasks.spawn(watch(Api::<PriorityClass>::all(client.clone()), watcher::Config::default(), shared.clone()));
@@ -829,6 +829,65 @@ mod tests {
         let mut p = json!({"metadata": {"name": name, "namespace": "default", "uid": format!("uid-{name}")}, "spec": {"containers": [{"name": "c"}]}});
         merge(&mut p, extra);
         serde_json::from_value(p).expect("pod")
+    }
+
+    #[test]
+    fn the_scheduling_decode_is_the_watched_pod_slimmed() {
+        // Every part of a pod the scheduler keeps or drops, with the names that are not plain
+        // camelCase (hostIPC, podIPs, ...).
+        let containers = json!([{"name": "c", "image": "i", "env": [{"name": "E", "value": "v"}], "ports": [{"containerPort": 80, "hostPort": 8080}],
+                                 "resources": {"requests": {"cpu": "100m"}}, "resizePolicy": [{"resourceName": "cpu", "restartPolicy": "NotRequired"}],
+                                 "volumeMounts": [{"name": "v", "mountPath": "/v"}], "livenessProbe": {"exec": {"command": ["true"]}}}]);
+        let volumes = json!([{"name": "data", "persistentVolumeClaim": {"claimName": "pvc"}},
+                             {"name": "scratch", "ephemeral": {"volumeClaimTemplate": {"spec": {"accessModes": ["ReadWriteOnce"]}}}},
+                             {"name": "token", "projected": {"sources": [{"serviceAccountToken": {"path": "token"}}]}},
+                             {"name": "empty", "emptyDir": {}}]);
+        let scheduling = json!({
+            "tolerations": [{"key": "k", "operator": "Exists"}],
+            "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {"matchLabels": {"app": "a"}}}],
+            "affinity": {"nodeAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [{"key": "k", "operator": "In", "values": ["v"]}]}]}}},
+        });
+        let mut spec = json!({
+            "activeDeadlineSeconds": 5, "automountServiceAccountToken": false, "dnsPolicy": "ClusterFirst", "enableServiceLinks": true,
+            "hostIPC": true, "hostNetwork": true, "hostPID": true, "hostUsers": false, "hostname": "h", "subdomain": "s",
+            "setHostnameAsFQDN": true, "shareProcessNamespace": true, "nodeName": "node-1", "nodeSelector": {"disk": "ssd"},
+            "os": {"name": "linux"}, "overhead": {"cpu": "10m"}, "preemptionPolicy": "Never", "priority": 7, "priorityClassName": "high",
+            "readinessGates": [{"conditionType": "x"}], "resources": {"requests": {"cpu": "1"}}, "restartPolicy": "Always",
+            "runtimeClassName": "rc", "schedulerName": "other", "schedulingGates": [{"name": "g"}], "securityContext": {"runAsUser": 1},
+            "serviceAccount": "sa", "serviceAccountName": "sa", "terminationGracePeriodSeconds": 3,
+        });
+        let more = json!({
+            "dnsConfig": {"nameservers": ["1.1.1.1"]}, "hostAliases": [{"ip": "1.2.3.4", "hostnames": ["a"]}],
+            "imagePullSecrets": [{"name": "pull"}], "resourceClaims": [{"name": "rc", "resourceClaimName": "claim"}],
+            "containers": containers,
+            "initContainers": [{"name": "init", "image": "i", "restartPolicy": "Always", "command": ["sh"]}],
+            "ephemeralContainers": [{"name": "debug", "image": "i"}],
+            "volumes": volumes,
+        });
+        merge(&mut spec, scheduling);
+        merge(&mut spec, more);
+        let status = json!({
+            "phase": "Running", "conditions": [{"type": "PodScheduled", "status": "True"}], "hostIP": "10.0.0.1", "hostIPs": [{"ip": "10.0.0.1"}],
+            "podIP": "10.42.0.5", "podIPs": [{"ip": "10.42.0.5"}], "message": "m", "reason": "r", "nominatedNodeName": "node-2",
+            "observedGeneration": 2, "qosClass": "Burstable", "resize": "InProgress", "startTime": "2026-01-01T00:00:00Z",
+            "resourceClaimStatuses": [{"name": "rc", "resourceClaimName": "claim"}],
+            "containerStatuses": [{"name": "c", "image": "i", "imageID": "x", "ready": true, "restartCount": 0, "state": {"running": {}}}],
+            "initContainerStatuses": [{"name": "init", "image": "i", "imageID": "x", "ready": true, "restartCount": 0}]
+        });
+        let metadata = json!({"name": "p", "namespace": "n", "uid": "u", "resourceVersion": "7", "labels": {"app": "a"},
+                              "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}", "keep": "me"},
+                              "managedFields": [{"manager": "m", "operation": "Update", "fieldsType": "FieldsV1", "fieldsV1": {"f:spec": {}}}]});
+        let json = json!({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec, "status": status});
+        let crate::decode::WatchedPod(mut watched) = serde_json::from_value(json.clone()).expect("watched pod");
+        slim(&mut watched);
+        let SchedulingPod(decoded) = serde_json::from_value(json).expect("scheduling pod");
+        assert_eq!(decoded, watched);
+        assert_eq!(decoded.spec.as_ref().and_then(|s| s.volumes.as_ref()).map(Vec::len), Some(2));
+        // And a bare pod, as the API hands out none.
+        let crate::decode::WatchedPod(mut bare) = serde_json::from_value(json!({"metadata": {"name": "b"}, "spec": {}, "status": {}})).expect("bare");
+        slim(&mut bare);
+        let SchedulingPod(bare_decoded) = serde_json::from_value(json!({"metadata": {"name": "b"}, "spec": {}, "status": {}})).expect("bare");
+        assert_eq!(bare_decoded, bare);
     }
 
     fn node(name: &str, cpu: &str) -> Node {
