@@ -793,8 +793,8 @@ fn allows_create_on_update(def: &ResourceDef) -> bool {
 mod tests {
     use super::*;
 
-    #[tokio::test]
-    async fn a_taken_generated_name_is_generated_again() {
+    /// An API over a fresh store in a temporary directory (removed by the caller).
+    async fn test_api() -> (std::path::PathBuf, Arc<Registry>, Api) {
         let dir = std::env::temp_dir().join(format!("berth-api-{}", uuid::Uuid::new_v4()));
         std::fs::create_dir_all(&dir).expect("temp dir");
         let store: Arc<dyn Store> = Arc::new(store::EmbeddedStore::open(store::EmbeddedOptions::new(dir.join("state.redb"))).expect("open store"));
@@ -802,6 +802,12 @@ mod tests {
         let openapi = Arc::new(crate::openapi_docs::OpenApiDocs::new(&registry));
         let api = Api::new(store, registry.clone(), ServiceIps::new("10.43.0.0/16").expect("cidr"), openapi);
         api.bootstrap().await.expect("bootstrap");
+        (dir, registry, api)
+    }
+
+    #[tokio::test]
+    async fn a_taken_generated_name_is_generated_again() {
+        let (dir, registry, api) = test_api().await;
         let def = registry.get("", "v1", "configmaps").expect("configmaps");
         let config_map = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"generateName": "taken-"}});
         // The same seed draws the same suffix, so the second create first tries a taken name.
@@ -817,13 +823,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_written_object_is_its_stored_bytes_unless_converted() {
-        let dir = std::env::temp_dir().join(format!("berth-api-{}", uuid::Uuid::new_v4()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let store: Arc<dyn Store> = Arc::new(store::EmbeddedStore::open(store::EmbeddedOptions::new(dir.join("state.redb"))).expect("open store"));
-        let registry = Arc::new(Registry::new());
-        let openapi = Arc::new(crate::openapi_docs::OpenApiDocs::new(&registry));
-        let api = Api::new(store, registry.clone(), ServiceIps::new("10.43.0.0/16").expect("cidr"), openapi);
-        api.bootstrap().await.expect("bootstrap");
+        let (dir, registry, api) = test_api().await;
         let def = registry.get("", "v1", "configmaps").expect("configmaps");
         let created = api.create(&def, Some("default"), json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "1"}}), &WriteOptions::default()).await.expect("create");
         let updated = api.update(&def, Some("default"), "c", json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}, "data": {"k": "2"}}), Part::Main, &WriteOptions::default()).await.expect("update");

@@ -370,59 +370,40 @@ impl SlimStatus {
     }
 }
 
-impl kube::Resource for SchedulingPod {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
+/// `kube::Resource` for a pod decoded our own way: it is a `Pod` to the API.
+macro_rules! pod_resource {
+    ($pod:ty) => {
+        impl kube::Resource for $pod {
+            type DynamicType = ();
+            type Scope = NamespaceResourceScope;
 
-    fn kind(_: &()) -> Cow<'_, str> {
-        <Pod as kube::Resource>::kind(&())
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        <Pod as kube::Resource>::group(&())
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        <Pod as kube::Resource>::version(&())
-    }
-    fn api_version(_: &()) -> Cow<'_, str> {
-        <Pod as kube::Resource>::api_version(&())
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        <Pod as kube::Resource>::plural(&())
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.0.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.0.metadata
-    }
+            fn kind(_: &()) -> Cow<'_, str> {
+                <Pod as kube::Resource>::kind(&())
+            }
+            fn group(_: &()) -> Cow<'_, str> {
+                <Pod as kube::Resource>::group(&())
+            }
+            fn version(_: &()) -> Cow<'_, str> {
+                <Pod as kube::Resource>::version(&())
+            }
+            fn api_version(_: &()) -> Cow<'_, str> {
+                <Pod as kube::Resource>::api_version(&())
+            }
+            fn plural(_: &()) -> Cow<'_, str> {
+                <Pod as kube::Resource>::plural(&())
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.0.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.0.metadata
+            }
+        }
+    };
 }
 
-impl kube::Resource for WatchedPod {
-    type DynamicType = ();
-    type Scope = NamespaceResourceScope;
-
-    fn kind(_: &()) -> Cow<'_, str> {
-        <Pod as kube::Resource>::kind(&())
-    }
-    fn group(_: &()) -> Cow<'_, str> {
-        <Pod as kube::Resource>::group(&())
-    }
-    fn version(_: &()) -> Cow<'_, str> {
-        <Pod as kube::Resource>::version(&())
-    }
-    fn api_version(_: &()) -> Cow<'_, str> {
-        <Pod as kube::Resource>::api_version(&())
-    }
-    fn plural(_: &()) -> Cow<'_, str> {
-        <Pod as kube::Resource>::plural(&())
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.0.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.0.metadata
-    }
-}
+pod_resource!(WatchedPod);
+pod_resource!(SchedulingPod);
 
 #[cfg(test)]
 mod tests {
