@@ -77,18 +77,21 @@ pub fn meta_without_managed_fields<'de, D: Deserializer<'de>>(deserializer: D) -
 #[derive(Clone, Debug, Default)]
 pub struct WatchedPod(pub Pod);
 
+/// A pod's three parts, its metadata without managedFields, its spec and status as `Spec` and
+/// `Status` decode them.
+#[derive(Deserialize)]
+struct PodParts<Spec, Status> {
+    #[serde(default, deserialize_with = "meta_without_managed_fields")]
+    metadata: ObjectMeta,
+    #[serde(default = "Option::default")]
+    spec: Option<Spec>,
+    #[serde(default = "Option::default")]
+    status: Option<Status>,
+}
+
 impl<'de> Deserialize<'de> for WatchedPod {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Parts {
-            #[serde(default, deserialize_with = "meta_without_managed_fields")]
-            metadata: ObjectMeta,
-            #[serde(default)]
-            spec: Option<PodSpec>,
-            #[serde(default)]
-            status: Option<PodStatus>,
-        }
-        let parts = Parts::deserialize(deserializer)?;
+        let parts = PodParts::<PodSpec, PodStatus>::deserialize(deserializer)?;
         Ok(WatchedPod(Pod { metadata: parts.metadata, spec: parts.spec, status: parts.status }))
     }
 }
@@ -107,16 +110,7 @@ pub struct SchedulingPod(pub Pod);
 
 impl<'de> Deserialize<'de> for SchedulingPod {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Parts {
-            #[serde(default, deserialize_with = "meta_without_managed_fields")]
-            metadata: ObjectMeta,
-            #[serde(default)]
-            spec: Option<SlimSpec>,
-            #[serde(default)]
-            status: Option<SlimStatus>,
-        }
-        let parts = Parts::deserialize(deserializer)?;
+        let parts = PodParts::<SlimSpec, SlimStatus>::deserialize(deserializer)?;
         Ok(SchedulingPod(Pod { metadata: parts.metadata, spec: parts.spec.map(SlimSpec::into_spec), status: parts.status.map(SlimStatus::into_status) }))
     }
 }
