@@ -32,6 +32,56 @@ pub struct SchedulerBench {
     split: bool,
 }
 
+/// A pod as the measuring watch reads it: name, node and phase, and the metadata its watcher
+/// resumes from. Everything else is skipped unparsed.
+#[derive(Clone, Debug, serde::Deserialize)]
+struct MeasuredPod {
+    #[serde(default, deserialize_with = "measured_meta")]
+    metadata: k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta,
+    #[serde(default)]
+    spec: MeasuredSpec,
+    #[serde(default)]
+    status: MeasuredStatus,
+}
+
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct MeasuredSpec {
+    #[serde(default)]
+    node_name: Option<String>,
+}
+
+#[derive(Clone, Debug, Default, serde::Deserialize)]
+struct MeasuredStatus {
+    #[serde(default)]
+    phase: Option<String>,
+}
+
+fn measured_meta<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta, D::Error> {
+    #[derive(serde::Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Meta {
+        #[serde(default)]
+        name: Option<String>,
+        #[serde(default)]
+        namespace: Option<String>,
+        #[serde(default)]
+        resource_version: Option<String>,
+        #[serde(default)]
+        uid: Option<String>,
+    }
+    let meta = <Option<Meta> as serde::Deserialize>::deserialize(deserializer)?;
+    Ok(meta.map_or_else(Default::default, |m| k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+        name: m.name,
+        namespace: m.namespace,
+        resource_version: m.resource_version,
+        uid: m.uid,
+        ..Default::default()
+    }))
+}
+
+scheduler::pod_resource!(MeasuredPod, metadata);
+
 /// A component process started by the bench; killed when dropped.
 struct Component(std::process::Child);
 
@@ -92,16 +142,15 @@ pub async fn run(args: SchedulerBench) -> anyhow::Result<()> {
     let ns = "bench-scheduler";
     Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &serde_json::from_value(json!({"metadata": {"name": ns}}))?).await?;
     // One watch sees every pod: first sighting, binding, Running. It decodes only what it
-    // reads, as the controller manager's cache does, so the measurement costs the CPU it
-    // measures as little as it can.
-    let pods: Api<controllers::cached_pod::CachedPod> = Api::namespaced(client.clone(), ns);
+    // reads, so the measurement costs the CPU it measures as little as it can.
+    let pods: Api<MeasuredPod> = Api::namespaced(client.clone(), ns);
     let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(String, bool, bool, Instant)>();
     let watch_task = tokio::spawn(async move {
         let mut stream = watcher(pods, watcher::Config::default()).default_backoff().applied_objects().boxed();
         while let Some(Ok(pod)) = stream.next().await {
             let name = pod.metadata.name.clone().unwrap_or_default();
-            let bound = pod.spec.as_ref().and_then(|s| s.node_name.as_ref()).is_some_and(|n| !n.is_empty());
-            let running = pod.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Running");
+            let bound = pod.spec.node_name.as_ref().is_some_and(|n| !n.is_empty());
+            let running = pod.status.phase.as_deref() == Some("Running");
             if tx.send((name, bound, running, Instant::now())).is_err() {
                 return;
             }

@@ -4,10 +4,8 @@
 //! field trees (a `serde_json::Value` per node, dropped at once by `slim`) took a quarter of the
 //! scheduler's watch thread in the scheduler benchmark. Here they are skipped while parsing.
 
-use std::borrow::Cow;
 use std::collections::BTreeMap;
 
-use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::{Container, Pod, PodSpec, PodStatus, Volume};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference, Time};
 use serde::{Deserialize, Deserializer};
@@ -364,40 +362,42 @@ impl SlimStatus {
     }
 }
 
-/// `kube::Resource` for a pod decoded our own way: it is a `Pod` to the API.
+/// `kube::Resource` for a pod decoded our own way (a type with `metadata: ObjectMeta` at `.0` or
+/// a named field): to the API it is a `Pod`. Needs `kube` and `k8s-openapi` where it is used.
+#[macro_export]
 macro_rules! pod_resource {
-    ($pod:ty) => {
-        impl kube::Resource for $pod {
+    ($pod:ty, $($meta:tt)+) => {
+        impl ::kube::Resource for $pod {
             type DynamicType = ();
-            type Scope = NamespaceResourceScope;
+            type Scope = ::k8s_openapi::NamespaceResourceScope;
 
-            fn kind(_: &()) -> Cow<'_, str> {
-                <Pod as kube::Resource>::kind(&())
+            fn kind(_: &()) -> ::std::borrow::Cow<'_, str> {
+                <::k8s_openapi::api::core::v1::Pod as ::kube::Resource>::kind(&())
             }
-            fn group(_: &()) -> Cow<'_, str> {
-                <Pod as kube::Resource>::group(&())
+            fn group(_: &()) -> ::std::borrow::Cow<'_, str> {
+                <::k8s_openapi::api::core::v1::Pod as ::kube::Resource>::group(&())
             }
-            fn version(_: &()) -> Cow<'_, str> {
-                <Pod as kube::Resource>::version(&())
+            fn version(_: &()) -> ::std::borrow::Cow<'_, str> {
+                <::k8s_openapi::api::core::v1::Pod as ::kube::Resource>::version(&())
             }
-            fn api_version(_: &()) -> Cow<'_, str> {
-                <Pod as kube::Resource>::api_version(&())
+            fn api_version(_: &()) -> ::std::borrow::Cow<'_, str> {
+                <::k8s_openapi::api::core::v1::Pod as ::kube::Resource>::api_version(&())
             }
-            fn plural(_: &()) -> Cow<'_, str> {
-                <Pod as kube::Resource>::plural(&())
+            fn plural(_: &()) -> ::std::borrow::Cow<'_, str> {
+                <::k8s_openapi::api::core::v1::Pod as ::kube::Resource>::plural(&())
             }
-            fn meta(&self) -> &ObjectMeta {
-                &self.0.metadata
+            fn meta(&self) -> &::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &self.$($meta)+
             }
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.0.metadata
+            fn meta_mut(&mut self) -> &mut ::k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta {
+                &mut self.$($meta)+
             }
         }
     };
 }
 
-pod_resource!(WatchedPod);
-pod_resource!(SchedulingPod);
+pod_resource!(WatchedPod, 0.metadata);
+pod_resource!(SchedulingPod, 0.metadata);
 
 #[cfg(test)]
 mod tests {
