@@ -132,6 +132,8 @@ pub struct Api {
     pub service_ips: ServiceIps,
     pub openapi: Arc<crate::openapi_docs::OpenApiDocs>,
     pub watch_cache: crate::cacher::WatchCache,
+    /// Tolerations of not-ready and unreachable nodes given to pods that set none.
+    pub default_tolerations: strategy::DefaultTolerations,
 }
 
 /// What a write to the status subresource stores: `old` with the status, labels, annotations,
@@ -218,7 +220,7 @@ fn parse_rv(s: &str) -> ApiResult<Revision> {
 impl Api {
     pub fn new(store: Arc<dyn Store>, registry: Arc<Registry>, service_ips: ServiceIps, openapi: Arc<crate::openapi_docs::OpenApiDocs>) -> Self {
         let watch_cache = crate::cacher::WatchCache::new(store.clone());
-        Self { store, registry, service_ips, openapi, watch_cache }
+        Self { store, registry, service_ips, openapi, watch_cache, default_tolerations: strategy::DefaultTolerations::default() }
     }
 
     /// Records who made a non-apply write in `metadata.managedFields`, as upstream does for every
@@ -372,7 +374,7 @@ impl Api {
             }
         }
         strategy::initial_status(def, &mut obj);
-        strategy::admit_create(def, &mut obj);
+        strategy::admit_create(def, &mut obj, self.default_tolerations);
         crate::admission::admit_create(self, def, namespace, &mut obj).await?;
         strategy::apply_defaults(def, &mut obj);
         let name = objects::name(&obj).to_string();

@@ -68,6 +68,7 @@ pub struct Config {
     /// How often history older than one interval is compacted away (upstream's
     /// `--etcd-compaction-interval`); zero disables compaction.
     pub compaction_interval: std::time::Duration,
+    pub default_tolerations: strategy::DefaultTolerations,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -130,7 +131,9 @@ pub async fn serve(config: Config, store: Arc<dyn Store>) -> Result<Running, Ser
         service_ips.load(&*store, &services).await?;
     }
     let openapi = Arc::new(openapi_docs::OpenApiDocs::new(&registry));
-    let api = Arc::new(api::Api::new(store.clone(), registry.clone(), service_ips, openapi.clone()));
+    let mut api = api::Api::new(store.clone(), registry.clone(), service_ips, openapi.clone());
+    api.default_tolerations = config.default_tolerations;
+    let api = Arc::new(api);
     api.bootstrap().await.map_err(|e| ServeError::Startup(e.message))?;
     storage::ensure_local_path_class(&api).await.map_err(|e| ServeError::Startup(e.message))?;
     let service_accounts = Arc::new(serviceaccount::TokenIssuer::load_or_create(&pki.dir, format!("{server_url}/openid/v1/jwks"))?);

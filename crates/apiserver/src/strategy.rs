@@ -638,7 +638,22 @@ fn validate_service(obj: &Value, old: Option<&Value>, causes: &mut Vec<Cause>) {
 /// Upstream's mutating admission on create, for the plugins every cluster enables:
 /// DefaultTolerationSeconds (pods tolerate not-ready/unreachable nodes for 300 s before the
 /// node lifecycle controller evicts them) and ServiceAccount (pods run as `default`).
-pub fn admit_create(def: &ResourceDef, obj: &mut Value) {
+/// How long a pod stays on a not-ready or unreachable node when it does not say (upstream's
+/// DefaultTolerationSeconds admission, set by kube-apiserver's
+/// `--default-not-ready-toleration-seconds` and `--default-unreachable-toleration-seconds`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DefaultTolerations {
+    pub not_ready_seconds: i64,
+    pub unreachable_seconds: i64,
+}
+
+impl Default for DefaultTolerations {
+    fn default() -> Self {
+        DefaultTolerations { not_ready_seconds: 300, unreachable_seconds: 300 }
+    }
+}
+
+pub fn admit_create(def: &ResourceDef, obj: &mut Value, defaults: DefaultTolerations) {
     if def.custom || def.group.as_str() != "" || def.kind != "Pod" {
         return;
     }
@@ -648,7 +663,7 @@ pub fn admit_create(def: &ResourceDef, obj: &mut Value) {
     spec.insert("serviceAccount".into(), json!(account));
     let tolerations = spec.entry("tolerations").or_insert_with(|| json!([]));
     let Some(list) = tolerations.as_array_mut() else { return };
-    for key in ["node.kubernetes.io/not-ready", "node.kubernetes.io/unreachable"] {
+    for (key, seconds) in [("node.kubernetes.io/not-ready", defaults.not_ready_seconds), ("node.kubernetes.io/unreachable", defaults.unreachable_seconds)] {
         // Any toleration of this key with NoExecute (or every effect) already decides for the pod.
         let covered = list.iter().any(|t| {
             let effect = t.get("effect").and_then(Value::as_str).unwrap_or("");
@@ -656,7 +671,7 @@ pub fn admit_create(def: &ResourceDef, obj: &mut Value) {
             matches_key && (effect.is_empty() || effect == "NoExecute")
         });
         if !covered {
-            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": 300}));
+            list.push(json!({"key": key, "operator": "Exists", "effect": "NoExecute", "tolerationSeconds": seconds}));
         }
     }
 }

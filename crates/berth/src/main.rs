@@ -243,6 +243,14 @@ pub struct ServerArgs {
     /// after their tolerations (e.g. 40s).
     #[arg(long = "node-monitor-grace-period", default_value = "40s", value_parser = parse_duration)]
     pub node_monitor_grace_period: std::time::Duration,
+    /// Seconds a pod that sets no toleration of `node.kubernetes.io/not-ready:NoExecute` stays
+    /// on a not-ready node before eviction.
+    #[arg(long = "default-not-ready-toleration-seconds", default_value_t = 300)]
+    pub default_not_ready_toleration_seconds: i64,
+    /// Seconds a pod that sets no toleration of `node.kubernetes.io/unreachable:NoExecute` stays
+    /// on an unreachable node before eviction.
+    #[arg(long = "default-unreachable-toleration-seconds", default_value_t = 300)]
+    pub default_unreachable_toleration_seconds: i64,
     /// Range nodes' pod CIDRs come from (a /24 each; IPV4,IPV6 for dual stack; empty: none).
     #[arg(long = "cluster-cidr", default_value = controllers::nodeipam::DEFAULT_CLUSTER_CIDR, value_parser = controllers::nodeipam::parse_cluster_cidr)]
     pub cluster_cidr: String,
@@ -261,6 +269,10 @@ impl ServerArgs {
             extra_sans: self.tls_san.clone(),
             service_cidr: self.service_cluster_ip_range.clone(),
             compaction_interval: self.compaction_interval,
+            default_tolerations: apiserver::strategy::DefaultTolerations {
+                not_ready_seconds: self.default_not_ready_toleration_seconds,
+                unreachable_seconds: self.default_unreachable_toleration_seconds,
+            },
         }
     }
 }

@@ -303,6 +303,24 @@ fn silent_nodes_become_unknown_tainted_and_their_pods_are_evicted() {
 
 
 #[test]
+fn the_default_eviction_tolerations_are_the_servers_to_set() {
+    let s = Server::start_with(
+        env!("CARGO_BIN_EXE_berth"),
+        &["--node-monitor-grace-period=3s", "--default-not-ready-toleration-seconds=7", "--default-unreachable-toleration-seconds=1"],
+    );
+    s.ok_stdin(&["create", "-f", "-"], r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}"#);
+    s.ok(&["patch", "node", "n1", "--subresource=status", "--type=merge", "-p",
+        r#"{"status": {"conditions": [{"type": "Ready", "status": "True", "reason": "KubeletReady", "lastHeartbeatTime": "2020-01-01T00:00:00Z"}]}}"#]);
+    s.ok_stdin(&["create", "-f", "-"], r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "plain"}, "spec": {"nodeName": "n1", "containers": [{"name": "c", "image": "busybox"}]}}"#);
+    let tolerations = s.get_json(&["pod", "plain"])["spec"]["tolerations"].as_array().cloned().unwrap_or_default();
+    assert!(tolerations.iter().any(|t| t["key"] == "node.kubernetes.io/not-ready" && t["effect"] == "NoExecute" && t["tolerationSeconds"] == 7), "{tolerations:?}");
+    assert!(tolerations.iter().any(|t| t["key"] == "node.kubernetes.io/unreachable" && t["effect"] == "NoExecute" && t["tolerationSeconds"] == 1), "{tolerations:?}");
+    // The silent node becomes unreachable, and the pod goes after the server's default second.
+    wait_for("the pod evicted after the default unreachable toleration", || s.get_json(&["pod", "plain"])["metadata"].get("deletionTimestamp").is_some());
+    await_event(&s, "Pod", "plain", "TaintManagerEviction", "Marking for deletion Pod default/plain");
+}
+
+#[test]
 fn replication_controllers_are_kept_too() {
     let s = server();
     s.ok_stdin(
