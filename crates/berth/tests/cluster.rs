@@ -15,7 +15,7 @@ impl SimNodes {
         let child = Command::new(env!("CARGO_BIN_EXE_berth"))
             .args(["sim-nodes", "--kubeconfig"])
             .arg(server.kubeconfig())
-            .args(["--prefix", prefix, "--count", &count.to_string(), "--cpu", "4", "--memory", "8Gi"])
+            .args(["--prefix", prefix, "--count", &count.to_string(), "--cpu", "4", "--memory", "8Gi", "--pods", "50", "--extended", "example.com/widget=2"])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -119,6 +119,24 @@ fn jobs_and_unschedulable_pods_with_simulated_nodes() {
         let pod = s.get_json(&["pod", "huge"]);
         pod["status"]["conditions"].as_array().is_some_and(|c| {
             c.iter().any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable" && c["message"].as_str().is_some_and(|m| m.contains("2 Insufficient cpu")))
+        })
+    });
+
+    // The nodes have the capacity their flags gave them, extended resources included, and the
+    // scheduler counts those like any other.
+    let node = s.get_json(&["node", "sim-0"]);
+    let capacity = &node["status"]["capacity"];
+    assert_eq!((&capacity["cpu"], &capacity["memory"], &capacity["pods"], &capacity["example.com/widget"]), (&"4".into(), &"8Gi".into(), &"50".into(), &"2".into()), "{node}");
+    assert_eq!(node["status"]["allocatable"]["example.com/widget"], "2", "{node}");
+    let widgets = |name: &str, count: u32| {
+        format!(r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}"}}, "spec": {{"containers": [{{"name": "c", "image": "busybox", "resources": {{"requests": {{"example.com/widget": "{count}"}}, "limits": {{"example.com/widget": "{count}"}}}}}}]}}}}"#)
+    };
+    s.ok_stdin(&["create", "-f", "-"], &widgets("two-widgets", 2));
+    wait_for("a pod using both widgets of a node Running", Duration::from_secs(30), || s.get_json(&["pod", "two-widgets"])["status"]["phase"] == "Running");
+    s.ok_stdin(&["create", "-f", "-"], &widgets("three-widgets", 3));
+    wait_for("no node with three widgets", Duration::from_secs(30), || {
+        s.get_json(&["pod", "three-widgets"])["status"]["conditions"].as_array().is_some_and(|c| {
+            c.iter().any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable" && c["message"].as_str().is_some_and(|m| m.contains("2 Insufficient example.com/widget")))
         })
     });
 }
