@@ -10,6 +10,55 @@ use testsupport::{Server, eventually};
 
 struct SimNodes(Child);
 
+/// `kubectl get pods --watch` running in the background: every event it has printed so far.
+struct PodWatch {
+    child: Child,
+    output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl PodWatch {
+    fn start(server: &Server, selector: &str) -> Self {
+        let mut child = server
+            .kubectl_command(&["get", "pods", "-l", selector, "--watch", "--output-watch-events", "-o", "json"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start kubectl get --watch");
+        let output = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let mut stdout = child.stdout.take().expect("piped stdout");
+        let sink = output.clone();
+        std::thread::spawn(move || {
+            let mut buffer = [0u8; 8192];
+            while let Ok(n) = std::io::Read::read(&mut stdout, &mut buffer) {
+                if n == 0 {
+                    break;
+                }
+                sink.lock().unwrap().extend_from_slice(&buffer[..n]);
+            }
+        });
+        PodWatch { child, output }
+    }
+
+    /// The complete events printed so far, in order.
+    fn events(&self) -> Vec<Value> {
+        let output = self.output.lock().unwrap().clone();
+        serde_json::Deserializer::from_slice(&output).into_iter::<Value>().map_while(Result::ok).collect()
+    }
+}
+
+impl Drop for PodWatch {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Whether a pod counts toward a Deployment's availability: Ready and not being deleted.
+fn is_available(pod: &Value) -> bool {
+    pod["metadata"].get("deletionTimestamp").is_none()
+        && pod["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+}
+
 impl SimNodes {
     fn start(server: &Server, prefix: &str, count: usize) -> Self {
         let child = Command::new(env!("CARGO_BIN_EXE_berth"))
@@ -77,7 +126,10 @@ fn deployments_run_roll_and_survive_a_node_failure() {
     s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
     assert_eq!(running_pods(&s, "app=web").len(), 4);
 
-    // A rolling update never leaves fewer than replicas - maxUnavailable available.
+    // A rolling update never leaves fewer than replicas - maxUnavailable available: checked on
+    // every pod event of the rollout, as a watch of the pods sees them.
+    let watch = PodWatch::start(&s, "app=web");
+    wait_for("the watch's initial pods", Duration::from_secs(30), || watch.events().len() >= 4);
     s.ok(&["set", "image", "deployment/web", "web=nginx:2"]);
     let mut lowest = i64::MAX;
     wait_for("rollout of nginx:2", Duration::from_secs(60), || {
@@ -90,6 +142,30 @@ fn deployments_run_roll_and_survive_a_node_failure() {
     });
     assert!(lowest >= 3, "availability dropped to {lowest} during the rollout");
     s.ok(&["rollout", "status", "deployment/web", "--timeout=30s"]);
+    wait_for("the watch to see the last old pod go", Duration::from_secs(30), || {
+        watch.events().iter().filter(|e| e["type"] == "DELETED").count() >= 4
+    });
+    let mut pods: std::collections::BTreeMap<String, Value> = std::collections::BTreeMap::new();
+    let mut lowest_seen = usize::MAX;
+    let mut new_image_seen = false;
+    for event in watch.events() {
+        let pod = &event["object"];
+        let name = pod["metadata"]["name"].as_str().unwrap_or_default().to_string();
+        if event["type"] == "DELETED" {
+            pods.remove(&name);
+        } else {
+            pods.insert(name, pod.clone());
+        }
+        new_image_seen |= pod["spec"]["containers"][0]["image"] == "nginx:2";
+        if pods.len() >= 4 {
+            lowest_seen = lowest_seen.min(pods.values().filter(|p| is_available(p)).count());
+        }
+    }
+    assert!(new_image_seen, "the watch saw no pod of the new template");
+    assert!(lowest_seen >= 3, "the watched pods' availability dropped to {lowest_seen} during the rollout");
+    let images: Vec<&str> = pods.values().filter(|p| is_available(p)).filter_map(|p| p["spec"]["containers"][0]["image"].as_str()).collect();
+    assert_eq!(images, ["nginx:2"; 4], "after the rollout the watch ends on four available new pods");
+    drop(watch);
     let history = s.ok(&["rollout", "history", "deployment/web"]);
     assert!(history.contains("2"), "{history}");
 
