@@ -608,6 +608,42 @@ mod tests {
     }
 
     #[test]
+    fn requested_node_name() {
+        let c = cluster_of(vec![node("a", "1", "1Gi", 10, json!({})), node("b", "1", "1Gi", 10, json!({}))], vec![]);
+        let pinned = pod("p", json!({"spec": {"nodeName": "a"}}));
+        assert_eq!(check(&c, &pinned, "a"), Ok(()));
+        let err = check(&c, &pinned, "b").expect_err("not the named node");
+        assert_eq!(err.plugin, Plugin::NodeName);
+        assert!(err.unresolvable, "no preemption makes b into a");
+        assert_eq!(err.reasons, ["node(s) didn't match the requested node name"]);
+        let anywhere = pod("q", json!({}));
+        assert_eq!(check(&c, &anywhere, "a"), Ok(()));
+        assert_eq!(check(&c, &anywhere, "b"), Ok(()));
+    }
+
+    #[test]
+    fn ephemeral_storage() {
+        let storage = |gi: &str| json!({"status": {"allocatable": {"ephemeral-storage": gi}}});
+        let scratch = |name: &str, node: &str, size: &str| {
+            pod(name, json!({"spec": {"nodeName": node, "containers": [{"name": "c", "resources": {"requests": {"ephemeral-storage": size}}}]}}))
+        };
+        let c = cluster_of(vec![node("n", "4", "4Gi", 10, storage("10Gi")), node("roomy", "4", "4Gi", 10, storage("100Gi"))], vec![scratch("busy", "n", "6Gi")]);
+        let want = |size: &str| pod("p", requests(json!({"ephemeral-storage": size})));
+        assert_eq!(check(&c, &want("4Gi"), "n"), Ok(()), "exactly what is left");
+        let err = check(&c, &want("5Gi"), "n").expect_err("busy holds 6Gi of 10Gi");
+        assert_eq!(err.plugin, Plugin::NodeResourcesFit);
+        assert_eq!(err.reasons, ["Insufficient ephemeral-storage"]);
+        assert!(!err.unresolvable, "evicting `busy` would make room");
+        assert_eq!(check(&c, &want("5Gi"), "roomy"), Ok(()));
+        let err = check(&c, &want("11Gi"), "n").expect_err("bigger than the node");
+        assert!(err.unresolvable);
+        assert_eq!(check(&c, &want("11Gi"), "roomy"), Ok(()));
+        let none = cluster_of(vec![node("bare", "4", "4Gi", 10, json!({}))], vec![]);
+        assert_eq!(reasons(check(&none, &want("1Mi"), "bare")), ["Insufficient ephemeral-storage"], "a node reporting none has none");
+        assert_eq!(check(&none, &pod("p", json!({})), "bare"), Ok(()), "a pod asking none fits anywhere");
+    }
+
+    #[test]
     fn host_ports() {
         let with_port =
             |name: &str, port: i32, node: &str| pod(name, json!({"spec": {"nodeName": node, "containers": [{"name": "c", "ports": [{"containerPort": 80, "hostPort": port}]}]}}));
