@@ -397,6 +397,51 @@ fn deleting_with_each_propagation_policy() {
     assert!(s.ok(&["get", "events", "-n", "shop", "-o", "name"]).trim().is_empty());
 }
 
+fn has_finalizer(obj: &Value, finalizer: &str) -> bool {
+    obj["metadata"]["finalizers"].as_array().is_some_and(|f| f.iter().any(|f| f == finalizer))
+}
+
+/// The ConfigMap as JSON, or None once it is gone.
+fn configmap_json(s: &Server, name: &str) -> Option<Value> {
+    let out = s.kubectl(&["get", "configmap", name, "-o", "json", "--ignore-not-found"]);
+    assert!(out.status.success(), "kubectl get configmap {name}: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).ok()
+}
+
+#[test]
+fn foreground_deletion_waits_for_blocking_dependents() {
+    let s = server();
+    configmap(&s, "boss", "");
+    let uid = s.get_json(&["configmap", "boss"])["metadata"]["uid"].as_str().unwrap().to_string();
+    // Both dependents are held by a finalizer of their own; only `held` blocks its owner.
+    let owned = |block: bool| format!("  ownerReferences: [{{apiVersion: v1, kind: ConfigMap, name: boss, uid: \"{uid}\", blockOwnerDeletion: {block}}}]\n  finalizers: [example.com/hold]\n");
+    configmap(&s, "held", &owned(true));
+    configmap(&s, "loose", &owned(false));
+
+    s.ok(&["delete", "configmap", "boss", "--cascade=foreground", "--wait=false"]);
+    // The owner goes into deletion, marked as waiting for its dependents...
+    let boss = configmap_json(&s, "boss").expect("the owner stays while its dependents are deleted");
+    assert!(boss["metadata"]["deletionTimestamp"].is_string() && has_finalizer(&boss, "foregroundDeletion"), "{boss}");
+    // ...and the garbage collector deletes every dependent, blocking or not, while it waits.
+    // (Their own finalizer keeps them; any foregroundDeletion the collector added is gone once it
+    // has looked at them again, so the collector has seen them being deleted by then.)
+    let terminating = |name: &str| {
+        configmap_json(&s, name).is_some_and(|d| d["metadata"]["deletionTimestamp"].is_string() && d["metadata"]["finalizers"] == serde_json::json!(["example.com/hold"]))
+    };
+    assert!(eventually(Duration::from_secs(30), || (terminating("held") && terminating("loose")).then_some(())).is_some(), "dependents not deleted: {:?} {:?}", configmap_json(&s, "held"), configmap_json(&s, "loose"));
+    let boss = configmap_json(&s, "boss").expect("the owner waits for its blocking dependent");
+    assert!(boss["metadata"]["deletionTimestamp"].is_string() && has_finalizer(&boss, "foregroundDeletion"), "{boss}");
+
+    // Once the blocking dependent is gone the owner goes too; the non-blocking one does not hold
+    // it (upstream's blockingDependents).
+    s.ok(&["patch", "configmap", "held", "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#]);
+    let gone = eventually(Duration::from_secs(30), || (configmap_json(&s, "held").is_none() && configmap_json(&s, "boss").is_none()).then_some(()));
+    assert!(gone.is_some(), "owner or blocking dependent left: {:?} {:?}", configmap_json(&s, "boss"), configmap_json(&s, "held"));
+    assert!(terminating("loose"), "{:?}", configmap_json(&s, "loose"));
+    s.ok(&["patch", "configmap", "loose", "--type=merge", "-p", r#"{"metadata":{"finalizers":null}}"#]);
+    assert!(eventually(Duration::from_secs(30), || configmap_json(&s, "loose").is_none().then_some(())).is_some(), "{:?}", configmap_json(&s, "loose"));
+}
+
 /// kubectl's typed generators (`kubectl create configmap ...`) send Kubernetes protobuf bodies.
 /// Decoding them is not built yet; until it is, they must get a clear 415 Status naming the
 /// accepted types, and `kubectl create -f` of the same object must work.

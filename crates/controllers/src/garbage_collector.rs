@@ -1,6 +1,7 @@
 //! The garbage collector: deletes objects whose owners are all gone (background deletion),
-//! deletes the dependents of an owner held by the `foregroundDeletion` finalizer before letting it
-//! go, and strips owner references to an owner held by the `orphan` finalizer before letting it go.
+//! deletes the dependents of an owner held by the `foregroundDeletion` finalizer, letting it go
+//! once those with `blockOwnerDeletion` are gone, and strips owner references to an owner held
+//! by the `orphan` finalizer before letting it go.
 
 use std::time::Duration;
 
@@ -115,7 +116,11 @@ pub async fn reconcile(client: &kube::Client, graph: &Graph) {
             for dep in deps.iter().filter(|d| !d.deleting) {
                 delete(client, dep, kube::api::PropagationPolicy::Foreground).await;
             }
-            if deps.is_empty() {
+            // Every dependent is deleted, but only those whose reference to this owner has
+            // blockOwnerDeletion hold it back (upstream's blockingDependents); the others may
+            // outlive it, e.g. while finalizers of their own keep them.
+            let blocking = deps.iter().any(|d| d.owners.iter().any(|o| o.uid == node.uid && o.block_owner_deletion == Some(true)));
+            if !blocking {
                 remove_finalizer(client, &node, FOREGROUND).await;
             }
         }
