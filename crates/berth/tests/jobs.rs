@@ -1,7 +1,8 @@
-//! Jobs and CronJobs driven with the real kubectl. There are no nodes here, so the tests play the
-//! kubelet: they write a pod's final phase (and its containers' exit codes) through the status
-//! subresource, as a kubelet would.
+//! Jobs and CronJobs driven with the real kubectl. Mostly there are no nodes here, so the tests
+//! play the kubelet: they write a pod's final phase (and its containers' exit codes) through the
+//! status subresource, as a kubelet would. A CronJob left to its schedule runs on simulated nodes.
 
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
@@ -312,4 +313,88 @@ fn cronjob_template_history_and_status() {
         "apiVersion: batch/v1\nkind: CronJob\nmetadata: {name: bad}\nspec:\n  schedule: \"61 * * * *\"\n  jobTemplate: {spec: {template: {spec: {restartPolicy: Never, containers: [{name: main, image: busybox}]}}}}\n",
     );
     wait_for("an UnparseableSchedule event", || s.ok(&["get", "events", "--field-selector", "involvedObject.name=bad"]).contains("UnparseableSchedule"));
+}
+
+/// `berth sim-nodes` (as KWOK): its pods run for a second and exit 0.
+struct SimNodes(Child);
+
+impl SimNodes {
+    fn start(server: &Server) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
+            .args(["sim-nodes", "--kubeconfig"])
+            .arg(server.kubeconfig())
+            .args(["--prefix", "sim-", "--count", "1"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start berth sim-nodes");
+        SimNodes(child)
+    }
+}
+
+impl Drop for SimNodes {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+const EVERY_MINUTE: &str = r#"
+apiVersion: batch/v1
+kind: CronJob
+metadata: {name: minutely}
+spec:
+  schedule: "* * * * *"
+  jobTemplate:
+    spec:
+      template:
+        spec: {restartPolicy: Never, containers: [{name: main, image: busybox}]}
+"#;
+
+fn timestamp(value: &Value) -> jiff::Timestamp {
+    value.as_str().and_then(|t| t.parse().ok()).unwrap_or_else(|| panic!("not a timestamp: {value}"))
+}
+
+#[test]
+fn cronjob_fires_on_its_schedule() {
+    let s = server();
+    s.ok_stdin(&["create", "-f", "-"], EVERY_MINUTE);
+    let cj = s.get_json(&["cronjob", "minutely"]);
+    let uid = cj["metadata"]["uid"].as_str().unwrap().to_string();
+    let created = timestamp(&cj["metadata"]["creationTimestamp"]);
+    let owned = |j: &Value| j["metadata"]["ownerReferences"].as_array().is_some_and(|o| o.iter().any(|o| o["kind"] == "CronJob" && o["uid"] == uid.as_str() && o["controller"] == true));
+
+    // The first time is the start of the next minute, at most 60 s away. No nodes yet: the Job's
+    // pod waits unscheduled, so the Job stays active for the checks below.
+    let fired = eventually(Duration::from_secs(75), || s.get_json(&["jobs"])["items"].as_array()?.iter().find(|j| owned(j)).cloned());
+    let fired = fired.expect("no Job from the CronJob within 75 s");
+    let job_uid = fired["metadata"]["uid"].as_str().unwrap().to_string();
+    let in_active = |cj: &Value| cj["status"]["active"].as_array().is_some_and(|a| a.iter().any(|r| r["uid"] == job_uid.as_str()));
+    wait_for("lastScheduleTime and the Job in status.active", || {
+        let cj = s.get_json(&["cronjob", "minutely"]);
+        cj["status"]["lastScheduleTime"].is_string() && in_active(&cj)
+    });
+    let cj = s.get_json(&["cronjob", "minutely"]);
+    let scheduled = timestamp(&cj["status"]["lastScheduleTime"]);
+    assert_eq!(scheduled.as_second() % 60, 0, "a whole minute: {cj}");
+    assert!(scheduled > created && scheduled.as_second() - created.as_second() <= 60, "the first minute after creation: {cj}");
+    assert!(timestamp(&fired["metadata"]["creationTimestamp"]) >= scheduled, "{fired}");
+    // Named as upstream names it: the scheduled time in minutes since the epoch.
+    assert_eq!(name(&fired), format!("minutely-{}", scheduled.as_second() / 60));
+    assert_eq!(fired["metadata"]["annotations"]["batch.kubernetes.io/cronjob-scheduled-timestamp"], cj["status"]["lastScheduleTime"], "{fired}");
+    let active = cj["status"]["active"].as_array().unwrap().iter().find(|r| r["uid"] == job_uid.as_str()).unwrap().clone();
+    assert_eq!((active["kind"].as_str(), active["name"].as_str(), active["namespace"].as_str()), (Some("Job"), Some(name(&fired).as_str()), Some("default")), "{cj}");
+
+    // A node runs the pod to success; the CronJob records it and lets the Job go from active.
+    let _nodes = SimNodes::start(&s);
+    s.ok(&["wait", "--for=condition=complete", &format!("job/{}", name(&fired)), "--timeout=60s"]);
+    let completed = job(&s, &name(&fired))["status"]["completionTime"].clone();
+    assert!(completed.is_string());
+    wait_for("lastSuccessfulTime, and the Job out of status.active", || {
+        let cj = s.get_json(&["cronjob", "minutely"]);
+        cj["status"]["lastSuccessfulTime"] == completed && !in_active(&cj)
+    });
+    let events = s.ok(&["get", "events", "--field-selector", "involvedObject.name=minutely"]);
+    assert!(events.contains(&format!("Created job {}", name(&fired))), "{events}");
+    assert!(events.contains(&format!("Saw completed job: {}, status: Complete", name(&fired))), "{events}");
 }
