@@ -376,3 +376,114 @@ fn drain_evicts_within_the_disruption_budget() {
         pods.len() == 2 && pods.iter().all(|p| p["spec"]["nodeName"] == "b-0")
     });
 }
+
+#[test]
+fn recreate_stops_every_old_pod_before_starting_new_ones() {
+    let s = Server::start(env!("CARGO_BIN_EXE_berth"));
+    let _nodes = SimNodes::start(&s, "sim-", 2);
+    s.ok_stdin(&["apply", "-f", "-"], &DEPLOYMENT.replace("{rollingUpdate: {maxSurge: 1, maxUnavailable: 1}}", "{type: Recreate}"));
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    let watch = PodWatch::start(&s, "app=web");
+    wait_for("the watch's initial pods", Duration::from_secs(30), || watch.events().len() >= 4);
+    s.ok(&["set", "image", "deployment/web", "web=nginx:2"]);
+    s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
+    wait_for("four new pods seen Running", Duration::from_secs(30), || {
+        let events = watch.events();
+        let running: std::collections::BTreeSet<&str> = events
+            .iter()
+            .filter(|e| e["object"]["spec"]["containers"][0]["image"] == "nginx:2" && e["object"]["status"]["phase"] == "Running")
+            .filter_map(|e| e["object"]["metadata"]["name"].as_str())
+            .collect();
+        running.len() == 4
+    });
+    let events = watch.events();
+    let image = |e: &Value| e["object"]["spec"]["containers"][0]["image"].as_str().unwrap_or_default().to_string();
+    let last_old_gone = events.iter().rposition(|e| e["type"] == "DELETED" && image(e) == "nginx:1");
+    let first_new = events.iter().position(|e| image(e) == "nginx:2");
+    let old_deleted = events.iter().filter(|e| e["type"] == "DELETED" && image(e) == "nginx:1").count();
+    assert_eq!(old_deleted, 4, "every old pod is deleted");
+    assert!(last_old_gone < first_new, "a new pod appeared (event {first_new:?}) before the last old pod was gone (event {last_old_gone:?})");
+}
+
+#[test]
+fn affinity_anti_affinity_and_spread_place_pods_as_upstream() {
+    let s = Server::start(env!("CARGO_BIN_EXE_berth"));
+    let _a = SimNodes::start(&s, "a-", 2);
+    let _b = SimNodes::start(&s, "b-", 1);
+    wait_for("3 nodes", Duration::from_secs(30), || s.get_json(&["nodes"])["items"].as_array().is_some_and(|n| n.len() == 3));
+    s.ok(&["label", "node", "a-0", "a-1", "topology.kubernetes.io/zone=zone-a"]);
+    s.ok(&["label", "node", "b-0", "topology.kubernetes.io/zone=zone-b"]);
+    let zone_of = |node: &str| if node.starts_with("a-") { "zone-a" } else { "zone-b" };
+    let placed = |selector: &str| -> Vec<String> {
+        running_pods(&s, selector).iter().filter_map(|p| p["spec"]["nodeName"].as_str().map(str::to_string)).collect()
+    };
+
+    // Even across zones with DoNotSchedule: two zones, four pods, two each (not 3/1 by node).
+    s.ok_stdin(&["apply", "-f", "-"], r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: spread}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: spread}}
+  template:
+    metadata: {labels: {app: spread}}
+    spec:
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: DoNotSchedule, labelSelector: {matchLabels: {app: spread}}}
+      containers: [{name: c, image: busybox}]
+"#);
+    wait_for("4 spread pods Running", Duration::from_secs(60), || placed("app=spread").len() == 4);
+    let zones: Vec<&str> = placed("app=spread").iter().map(|n| zone_of(n)).collect();
+    assert_eq!(zones.iter().filter(|z| **z == "zone-b").count(), 2, "{zones:?}");
+
+    // Required node affinity: only zone-b.
+    s.ok_stdin(&["apply", "-f", "-"], r#"
+apiVersion: v1
+kind: Pod
+metadata: {name: in-b, labels: {app: in-b}}
+spec:
+  affinity:
+    nodeAffinity:
+      requiredDuringSchedulingIgnoredDuringExecution:
+        nodeSelectorTerms: [{matchExpressions: [{key: topology.kubernetes.io/zone, operator: In, values: [zone-b]}]}]
+  containers: [{name: c, image: busybox}]
+"#);
+    wait_for("the zone-b pod Running", Duration::from_secs(30), || placed("app=in-b") == ["b-0"]);
+
+    // Required anti-affinity by host: one per node, and the fourth explains why it waits.
+    s.ok_stdin(&["apply", "-f", "-"], r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: solo}
+spec:
+  replicas: 4
+  selector: {matchLabels: {app: solo}}
+  template:
+    metadata: {labels: {app: solo}}
+    spec:
+      affinity:
+        podAntiAffinity:
+          requiredDuringSchedulingIgnoredDuringExecution:
+          - {topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app: solo}}}
+      containers: [{name: c, image: busybox}]
+"#);
+    wait_for("3 solo pods Running on distinct nodes", Duration::from_secs(60), || {
+        let mut nodes = placed("app=solo");
+        nodes.sort();
+        nodes == ["a-0", "a-1", "b-0"]
+    });
+    wait_for("the fourth solo pod Unschedulable by anti-affinity", Duration::from_secs(30), || {
+        s.get_json(&["pods", "-l", "app=solo"])["items"].as_array().is_some_and(|pods| {
+            pods.iter().any(|p| {
+                p["status"]["conditions"].as_array().is_some_and(|c| {
+                    c.iter().any(|c| {
+                        c["type"] == "PodScheduled"
+                            && c["reason"] == "Unschedulable"
+                            && c["message"] == "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod."
+                    })
+                })
+            })
+        })
+    });
+}

@@ -4,7 +4,7 @@
 //! conditions `kubectl rollout status` waits on.
 //!
 //! It works from ReplicaSet status (which the ReplicaSet controller keeps from the pods), so it
-//! needs no pod cache of its own.
+//! needs no pod cache of its own; only Recreate's hand-over lists the pods themselves.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -151,6 +151,30 @@ fn revision_of(rs: &ReplicaSet) -> i64 {
     rs.annotations().get(REVISION).and_then(|r| r.parse().ok()).unwrap_or(0)
 }
 
+/// Recreate's gate (upstream's oldPodsRunning): whether any pod of an old ReplicaSet has not
+/// finished, terminating ones included. ReplicaSet status stops counting a pod once its
+/// deletion starts, but its containers may run until the node confirms it gone, and Recreate
+/// promises old and new never run together. Asked of the API only once the old ReplicaSets
+/// report no pods, so only during that hand-over; while pods remain, the Deployment is looked
+/// at again shortly, as nothing else would wake it when the last one goes.
+async fn old_pods_running(ctx: &Ctx, d: &Deployment, old: &[Arc<ReplicaSet>]) -> Result<bool, kube::Error> {
+    if old.is_empty() {
+        return Ok(false);
+    }
+    let namespace = d.namespace().unwrap_or_default();
+    let selector = d.spec.as_ref().map(|s| labels::to_string(&s.selector)).unwrap_or_default();
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::namespaced(ctx.client.clone(), &namespace);
+    let old_uids: Vec<String> = old.iter().filter_map(|rs| rs.uid()).collect();
+    let running = pods.list(&kube::api::ListParams::default().labels(&selector)).await?.items.iter().any(|pod| {
+        pod.owner_references().iter().any(|o| o.controller == Some(true) && old_uids.contains(&o.uid))
+            && !matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"))
+    });
+    if running {
+        ctx.queue.add_after((namespace, d.name_any()), Duration::from_secs(1));
+    }
+    Ok(running)
+}
+
 fn spec_replicas(rs: &ReplicaSet) -> i32 {
     rs.spec.as_ref().and_then(|s| s.replicas).unwrap_or(0)
 }
@@ -205,7 +229,7 @@ async fn sync(ctx: &Ctx, key: &Key) -> Result<(), SyncError> {
     } else {
         match new_rs {
             Some(rs) => Some(keep_current(ctx, &d, &rs, &old, max_revision, replicas, surge).await?),
-            None if recreate && old.iter().any(|rs| spec_replicas(rs) > 0 || status_of(rs).0 > 0) => None,
+            None if recreate && (old.iter().any(|rs| spec_replicas(rs) > 0 || status_of(rs).0 > 0) || old_pods_running(ctx, &d, &old).await?) => None,
             None => {
                 let rs = create_new(ctx, &d, &old, max_revision, replicas, surge).await?;
                 created = rs.as_ref().map(|r| r.name_any());
@@ -229,6 +253,7 @@ async fn sync(ctx: &Ctx, key: &Key) -> Result<(), SyncError> {
         if let Some(rs) = &new_rs
             && old.iter().all(|o| spec_replicas(o) == 0 && status_of(o).0 == 0)
             && spec_replicas(rs) != replicas
+            && !old_pods_running(ctx, &d, &old).await?
         {
             scale(ctx, &rs_api, rs, replicas, &d, surge).await?;
         }
@@ -309,11 +334,18 @@ async fn keep_current(ctx: &Ctx, d: &Deployment, rs: &Arc<ReplicaSet>, old: &[Ar
     wanted.insert(DESIRED_REPLICAS.into(), replicas.to_string());
     wanted.insert(MAX_REPLICAS.into(), (replicas + surge).to_string());
     let current = rs.annotations();
-    if wanted.iter().all(|(k, v)| current.get(k) == Some(v)) {
+    // minReadySeconds is not part of the template, so a change to it is no new revision; as
+    // upstream's getNewReplicaSet, the current ReplicaSet takes it over.
+    let min_ready = d.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0);
+    let min_ready_changed = rs.spec.as_ref().and_then(|s| s.min_ready_seconds).unwrap_or(0) != min_ready;
+    if wanted.iter().all(|(k, v)| current.get(k) == Some(v)) && !min_ready_changed {
         return Ok(rs.clone());
     }
     let api: Api<ReplicaSet> = Api::namespaced(ctx.client.clone(), &d.namespace().unwrap_or_default());
-    let patch = json!({"metadata": {"annotations": wanted, "resourceVersion": rs.resource_version()}});
+    let mut patch = json!({"metadata": {"annotations": wanted, "resourceVersion": rs.resource_version()}});
+    if min_ready_changed {
+        patch["spec"] = json!({"minReadySeconds": min_ready});
+    }
     Ok(Arc::new(api.patch(&rs.name_any(), &PatchParams::default(), &Patch::Merge(patch)).await?))
 }
 
@@ -443,15 +475,36 @@ async fn update_status(ctx: &Ctx, d: &Deployment, new: Option<&ReplicaSet>, owne
     } else if complete {
         condition("Progressing", "True", "NewReplicaSetAvailable", format!("ReplicaSet \"{new_name}\" has successfully progressed."), prev_progress.as_ref(), now.clone())
     } else {
-        let moved = old_status.updated_replicas != Some(updated) || old_status.available_replicas != Some(available) || old_status.ready_replicas != Some(ready) || old_status.replicas != Some(total);
+        // Progress as upstream's DeploymentProgressing: more updated, ready or available pods, or
+        // fewer old ones. Zero counts are omitted from stored status, so a missing one is 0; and
+        // only gains count, so pods flapping between ready and not never hold the deadline off.
+        let was = |n: Option<i32>| n.unwrap_or(0);
+        let moved = updated > was(old_status.updated_replicas)
+            || ready > was(old_status.ready_replicas)
+            || available > was(old_status.available_replicas)
+            || total - updated < was(old_status.replicas) - was(old_status.updated_replicas);
         let deadline = i64::from(spec.progress_deadline_seconds.unwrap_or(600));
         let last = prev_progress.as_ref().and_then(|c| c.last_update_time.as_ref()).map(|t| t.0);
-        let stalled = last.is_some_and(|t| jiff::Timestamp::now().duration_since(t).as_secs() > deadline);
+        // Once timed out it stays so until there is progress (upstream's DeploymentTimedOut),
+        // rather than counting the deadline again from when the timeout was recorded.
+        let timed_out = prev_progress.as_ref().is_some_and(|c| c.reason.as_deref() == Some("ProgressDeadlineExceeded"));
+        // Time spent paused does not count either: resuming starts the deadline afresh
+        // (upstream's DeploymentResumed condition).
+        let resumed = prev_progress.as_ref().is_some_and(|c| c.reason.as_deref() == Some("DeploymentPaused"));
+        let stalled = timed_out || (!resumed && last.is_some_and(|t| jiff::Timestamp::now().duration_since(t).as_secs() > deadline));
         if moved || !stalled {
             let keep = prev_progress.as_ref().filter(|c| c.status == "True" && !moved);
             match keep {
                 Some(c) => c.clone(),
-                None => condition("Progressing", "True", "ReplicaSetUpdated", format!("ReplicaSet \"{new_name}\" is progressing."), prev_progress.as_ref(), now.clone()),
+                None => {
+                    let mut c = condition("Progressing", "True", "ReplicaSetUpdated", format!("ReplicaSet \"{new_name}\" is progressing."), prev_progress.as_ref(), now.clone());
+                    // Progress restarts the deadline, which counts from lastUpdateTime, even when
+                    // reason and message stay the same (upstream replaces the condition).
+                    if moved {
+                        c.last_update_time = Some(now.clone());
+                    }
+                    c
+                }
             }
         } else {
             condition("Progressing", "False", "ProgressDeadlineExceeded", format!("ReplicaSet \"{new_name}\" has timed out progressing."), prev_progress.as_ref(), now.clone())
