@@ -73,6 +73,9 @@ enum Command {
         /// Range nodes' pod CIDRs come from (a /24 each; IPV4,IPV6 for dual stack; empty: none).
         #[arg(long = "cluster-cidr", default_value = controllers::nodeipam::DEFAULT_CLUSTER_CIDR, value_parser = controllers::nodeipam::parse_cluster_cidr)]
         cluster_cidr: String,
+        /// How many terminated (Succeeded or Failed) pods may exist before the oldest are deleted.
+        #[arg(long = "terminated-pod-gc-threshold", default_value_t = controllers::podgc::TERMINATED_THRESHOLD)]
+        terminated_pod_gc_threshold: usize,
     },
     /// Run a node agent (the kubelet's job) against a cluster: pods bound to this node run in
     /// containers through containerd.
@@ -243,6 +246,9 @@ pub struct ServerArgs {
     /// after their tolerations (e.g. 40s).
     #[arg(long = "node-monitor-grace-period", default_value = "40s", value_parser = parse_duration)]
     pub node_monitor_grace_period: std::time::Duration,
+    /// How many terminated (Succeeded or Failed) pods may exist before the oldest are deleted.
+    #[arg(long = "terminated-pod-gc-threshold", default_value_t = controllers::podgc::TERMINATED_THRESHOLD)]
+    pub terminated_pod_gc_threshold: usize,
     /// Seconds a pod that sets no toleration of `node.kubernetes.io/not-ready:NoExecute` stays
     /// on a not-ready node before eviction.
     #[arg(long = "default-not-ready-toleration-seconds", default_value_t = 300)]
@@ -375,10 +381,10 @@ fn main() -> anyhow::Result<()> {
                 let client = controllers::client::build(component_config(&args.kubeconfig, "kube-scheduler").await?)?;
                 scheduler::run(client, scheduler::SchedulerOptions::default()).await.context("scheduler")
             }
-            Command::ControllerManager { client, node_monitor_grace_period, cluster_cidr } => {
+            Command::ControllerManager { client, node_monitor_grace_period, cluster_cidr, terminated_pod_gc_threshold } => {
                 let root_ca_pem = kubeconfig_ca(&client.kubeconfig)?;
                 let config = component_config(&client.kubeconfig, "kube-controller-manager").await?;
-                run_controllers_as_leader(ComponentClient::Remote(config), controllers::Options { node_monitor_grace_period, cluster_cidr, root_ca_pem }).await
+                run_controllers_as_leader(ComponentClient::Remote(config), controllers::Options { node_monitor_grace_period, cluster_cidr, root_ca_pem, terminated_pod_gc_threshold }).await
             }
             Command::Agent(args) => {
                 let kubeconfig = match (&args.server, &args.token, &args.kubeconfig) {
@@ -438,7 +444,12 @@ async fn run_server(args: ServerArgs) -> anyhow::Result<()> {
     if !args.disable_controllers {
         let source = ComponentClient::in_process(&running, "kube-controller-manager")?;
         let root_ca_pem = kubeconfig_ca(&running.kubeconfig)?;
-        let options = controllers::Options { node_monitor_grace_period: args.node_monitor_grace_period, cluster_cidr: args.cluster_cidr.clone(), root_ca_pem };
+        let options = controllers::Options {
+            node_monitor_grace_period: args.node_monitor_grace_period,
+            cluster_cidr: args.cluster_cidr.clone(),
+            root_ca_pem,
+            terminated_pod_gc_threshold: args.terminated_pod_gc_threshold,
+        };
         // Elected like the scheduler, so servers sharing one store (etcd) run one set of controllers.
         tokio::spawn(async move {
             if let Err(error) = run_controllers_as_leader(source, options).await {

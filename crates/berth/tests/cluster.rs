@@ -487,3 +487,25 @@ spec:
         })
     });
 }
+
+#[test]
+fn terminated_pods_beyond_the_threshold_are_collected_oldest_first() {
+    let s = Server::start_with(env!("CARGO_BIN_EXE_berth"), &["--terminated-pod-gc-threshold=2"]);
+    let _nodes = SimNodes::start(&s, "sim-", 1);
+    for name in ["done-1", "done-2", "done-3", "done-4"] {
+        s.ok_stdin(
+            &["create", "-f", "-"],
+            &format!(r#"{{"apiVersion": "v1", "kind": "Pod", "metadata": {{"name": "{name}", "labels": {{"app": "done"}}}}, "spec": {{"restartPolicy": "Never", "containers": [{{"name": "c", "image": "busybox"}}]}}}}"#),
+        );
+        // Creation times a second apart, so "oldest" does not fall back to names.
+        std::thread::sleep(Duration::from_millis(1100));
+    }
+    s.ok_stdin(&["create", "-f", "-"], r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "still-running", "labels": {"app": "done"}}, "spec": {"containers": [{"name": "c", "image": "busybox"}]}}"#);
+    let names = || -> Vec<String> {
+        s.get_json(&["pods", "-l", "app=done"])["items"].as_array().cloned().unwrap_or_default().iter().filter_map(|p| p["metadata"]["name"].as_str().map(str::to_string)).collect()
+    };
+    wait_for("the two oldest terminated pods collected", Duration::from_secs(60), || names() == ["done-3", "done-4", "still-running"]);
+    for name in ["done-3", "done-4"] {
+        assert_eq!(s.get_json(&["pod", name])["status"]["phase"], "Succeeded");
+    }
+}

@@ -46,11 +46,19 @@ pub struct Options {
     /// The cluster CA (PEM) published to every namespace as `kube-root-ca.crt` (upstream's
     /// `--root-ca-file`); none publishes nothing.
     pub root_ca_pem: Option<String>,
+    /// How many terminated pods may exist before the oldest are deleted
+    /// (`--terminated-pod-gc-threshold`).
+    pub terminated_pod_gc_threshold: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Self { node_monitor_grace_period: Duration::from_secs(40), cluster_cidr: nodeipam::DEFAULT_CLUSTER_CIDR.to_string(), root_ca_pem: None }
+        Self {
+            node_monitor_grace_period: Duration::from_secs(40),
+            cluster_cidr: nodeipam::DEFAULT_CLUSTER_CIDR.to_string(),
+            root_ca_pem: None,
+            terminated_pod_gc_threshold: podgc::TERMINATED_THRESHOLD,
+        }
     }
 }
 
@@ -119,7 +127,7 @@ async fn run_every_controller(client: kube::Client, options: Options) {
         endpoints::run(client.clone()),
         nodelifecycle::run(client.clone(), options.node_monitor_grace_period),
         nodeipam::run(client.clone(), options.cluster_cidr.clone()),
-        podgc::run(client.clone()),
+        podgc::run(client.clone(), options.terminated_pod_gc_threshold),
         resourcequota::run(client.clone()),
         disruption::run(client.clone()),
         job::run(client.clone()),

@@ -17,9 +17,10 @@ const PERIOD: Duration = Duration::from_secs(10);
 /// A node must stay missing this long before its pods are removed: a node being re-registered or
 /// a cache catching up is not a node that is gone.
 const QUARANTINE: Duration = Duration::from_secs(40);
+/// Upstream's default `--terminated-pod-gc-threshold`.
 pub const TERMINATED_THRESHOLD: usize = 12_500;
 
-pub async fn run(client: Client) {
+pub async fn run(client: Client, terminated_threshold: usize) {
     let nodes = Cache::<Node>::spawn(Api::all(client.clone()), Box::new(|_, _| {}));
     let pods = Cache::<CachedPod>::spawn(Api::all(client.clone()), Box::new(|_, _| {}));
     nodes.synced().await;
@@ -29,7 +30,7 @@ pub async fn run(client: Client) {
     loop {
         ticker.tick().await;
         let existing: HashSet<String> = nodes.all().iter().map(|n| n.name_any()).collect();
-        for (pod, why) in doomed(&pods.all(), &existing, &mut missing_since, Instant::now(), TERMINATED_THRESHOLD) {
+        for (pod, why) in doomed(&pods.all(), &existing, &mut missing_since, Instant::now(), terminated_threshold) {
             let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
             let params = DeleteParams { grace_period_seconds: Some(0), preconditions: Some(Preconditions { uid: pod.uid(), resource_version: None }), ..Default::default() };
             match api.delete(&pod.name_any(), &params).await {
