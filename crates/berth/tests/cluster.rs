@@ -6,9 +6,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
-use testsupport::{Server, eventually};
-
-struct SimNodes(Child);
+use testsupport::{Server, SimNodes, eventually};
 
 /// `kubectl get pods --watch` running in the background: every event it has printed so far.
 struct PodWatch {
@@ -59,25 +57,9 @@ fn is_available(pod: &Value) -> bool {
         && pod["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
 }
 
-impl SimNodes {
-    fn start(server: &Server, prefix: &str, count: usize) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["sim-nodes", "--kubeconfig"])
-            .arg(server.kubeconfig())
-            .args(["--prefix", prefix, "--count", &count.to_string(), "--cpu", "4", "--memory", "8Gi", "--pods", "50", "--extended", "example.com/widget=2"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start berth sim-nodes");
-        SimNodes(child)
-    }
-}
-
-impl Drop for SimNodes {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// Simulated nodes with the capacity these tests count on.
+fn sim_nodes(server: &Server, prefix: &str, count: usize) -> SimNodes {
+    SimNodes::start(env!("CARGO_BIN_EXE_berth"), server, prefix, count, &["--cpu", "4", "--memory", "8Gi", "--pods", "50", "--extended", "example.com/widget=2"])
 }
 
 fn wait_for(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
@@ -114,8 +96,8 @@ spec:
 #[test]
 fn deployments_run_roll_and_survive_a_node_failure() {
     let s = Server::start_with(env!("CARGO_BIN_EXE_berth"), &["--node-monitor-grace-period=5s"]);
-    let mut doomed = Some(SimNodes::start(&s, "a-", 2));
-    let _survivor = SimNodes::start(&s, "b-", 1);
+    let mut doomed = Some(sim_nodes(&s, "a-", 2));
+    let _survivor = sim_nodes(&s, "b-", 1);
     wait_for("3 ready nodes", Duration::from_secs(30), || {
         s.get_json(&["nodes"])["items"].as_array().is_some_and(|n| {
             n.len() == 3 && n.iter().all(|n| n["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))
@@ -182,7 +164,7 @@ fn deployments_run_roll_and_survive_a_node_failure() {
 #[test]
 fn jobs_and_unschedulable_pods_with_simulated_nodes() {
     let s = Server::start(env!("CARGO_BIN_EXE_berth"));
-    let _nodes = SimNodes::start(&s, "sim-", 2);
+    let _nodes = sim_nodes(&s, "sim-", 2);
     s.ok(&["create", "job", "once", "--image=busybox", "--", "true"]);
     wait_for("job complete", Duration::from_secs(60), || s.get_json(&["job", "once"])["status"]["succeeded"] == 1);
     s.ok(&["wait", "--for=condition=Complete", "job/once", "--timeout=30s"]);
@@ -192,10 +174,7 @@ fn jobs_and_unschedulable_pods_with_simulated_nodes() {
         r#"{"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "huge"}, "spec": {"containers": [{"name": "c", "image": "busybox", "resources": {"requests": {"cpu": "64"}}}]}}"#,
     );
     wait_for("an Unschedulable explanation", Duration::from_secs(30), || {
-        let pod = s.get_json(&["pod", "huge"]);
-        pod["status"]["conditions"].as_array().is_some_and(|c| {
-            c.iter().any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable" && c["message"].as_str().is_some_and(|m| m.contains("2 Insufficient cpu")))
-        })
+        unschedulable_message(&s.get_json(&["pod", "huge"])).is_some_and(|m| m.contains("2 Insufficient cpu"))
     });
 
     // The nodes have the capacity their flags gave them, extended resources included, and the
@@ -211,10 +190,15 @@ fn jobs_and_unschedulable_pods_with_simulated_nodes() {
     wait_for("a pod using both widgets of a node Running", Duration::from_secs(30), || s.get_json(&["pod", "two-widgets"])["status"]["phase"] == "Running");
     s.ok_stdin(&["create", "-f", "-"], &widgets("three-widgets", 3));
     wait_for("no node with three widgets", Duration::from_secs(30), || {
-        s.get_json(&["pod", "three-widgets"])["status"]["conditions"].as_array().is_some_and(|c| {
-            c.iter().any(|c| c["type"] == "PodScheduled" && c["reason"] == "Unschedulable" && c["message"].as_str().is_some_and(|m| m.contains("2 Insufficient example.com/widget")))
-        })
+        unschedulable_message(&s.get_json(&["pod", "three-widgets"])).is_some_and(|m| m.contains("2 Insufficient example.com/widget"))
     });
+}
+
+/// The message of the pod's PodScheduled=False condition with reason Unschedulable, if any.
+fn unschedulable_message(pod: &Value) -> Option<String> {
+    let conditions = pod["status"]["conditions"].as_array()?;
+    let condition = conditions.iter().find(|c| c["type"] == "PodScheduled" && c["status"] == "False" && c["reason"] == "Unschedulable")?;
+    condition["message"].as_str().map(str::to_string)
 }
 
 struct Process(Child);
@@ -234,7 +218,7 @@ fn controllers_and_scheduler_run_as_separate_processes_with_leases() {
     };
     let _cm = spawn(&["controller-manager"]);
     let _sched = spawn(&["scheduler"]);
-    let _nodes = SimNodes::start(&s, "sim-", 1);
+    let _nodes = sim_nodes(&s, "sim-", 1);
     s.ok(&["create", "deployment", "web", "--image=nginx", "--replicas=2"]);
     s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
     for lease in ["kube-controller-manager", "kube-scheduler"] {
@@ -248,7 +232,7 @@ fn controllers_and_scheduler_run_as_separate_processes_with_leases() {
 #[test]
 fn in_process_controllers_stand_by_while_another_holds_the_lease() {
     let s = Server::start(env!("CARGO_BIN_EXE_berth"));
-    let _nodes = SimNodes::start(&s, "sim-", 1);
+    let _nodes = sim_nodes(&s, "sim-", 1);
     let holder = |s: &Server| s.get_json(&["-n", "kube-system", "lease", "kube-controller-manager"])["spec"]["holderIdentity"].as_str().unwrap_or("").to_string();
     let ours = eventually(Duration::from_secs(30), || {
         let kubectl = s.kubectl(&["-n", "kube-system", "get", "lease", "kube-controller-manager", "-o", "jsonpath={.spec.holderIdentity}"]);
@@ -285,7 +269,7 @@ fn chrono_like_now() -> String {
 #[test]
 fn blue_green_and_canary_examples() {
     let s = Server::start(env!("CARGO_BIN_EXE_berth"));
-    let _nodes = SimNodes::start(&s, "sim-", 2);
+    let _nodes = sim_nodes(&s, "sim-", 2);
     let examples = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples");
 
     s.ok(&["create", "namespace", "bg"]);
@@ -338,7 +322,7 @@ fn endpoint_images_ns(s: &Server, ns: &str, service: &str) -> Vec<String> {
 #[test]
 fn disruption_budgets_and_quotas_report_status() {
     let s = Server::start(env!("CARGO_BIN_EXE_berth"));
-    let _nodes = SimNodes::start(&s, "sim-", 1);
+    let _nodes = sim_nodes(&s, "sim-", 1);
     s.ok(&["create", "quota", "small", "--hard=pods=10,requests.cpu=2,count/deployments.apps=5"]);
     s.ok(&["create", "deployment", "web", "--image=nginx", "--replicas=4"]);
     s.ok(&["create", "poddisruptionbudget", "web", "--selector=app=web", "--min-available=75%"]);
@@ -357,7 +341,7 @@ fn disruption_budgets_and_quotas_report_status() {
 #[test]
 fn drain_evicts_within_the_disruption_budget() {
     let s = Server::start(env!("CARGO_BIN_EXE_berth"));
-    let _a = SimNodes::start(&s, "a-", 1);
+    let _a = sim_nodes(&s, "a-", 1);
     s.ok(&["create", "deployment", "web", "--image=nginx", "--replicas=2"]);
     s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
     s.ok(&["create", "poddisruptionbudget", "web", "--selector=app=web", "--min-available=2"]);
@@ -367,7 +351,7 @@ fn drain_evicts_within_the_disruption_budget() {
     assert!(err.contains("disruption budget"), "{err}");
     assert!(s.get_json(&["node", "a-0"])["spec"]["unschedulable"] == true, "drain cordons first");
     // A second node and a looser budget: drain moves the pods.
-    let _b = SimNodes::start(&s, "b-", 1);
+    let _b = sim_nodes(&s, "b-", 1);
     s.ok(&["patch", "pdb", "web", "--type=merge", "-p", r#"{"spec":{"minAvailable":1}}"#]);
     wait_for("pdb allows one", Duration::from_secs(30), || s.get_json(&["pdb", "web"])["status"]["disruptionsAllowed"] == 1);
     s.ok(&["drain", "a-0", "--ignore-daemonsets", "--timeout=90s"]);
@@ -380,7 +364,7 @@ fn drain_evicts_within_the_disruption_budget() {
 #[test]
 fn recreate_stops_every_old_pod_before_starting_new_ones() {
     let s = Server::start(env!("CARGO_BIN_EXE_berth"));
-    let _nodes = SimNodes::start(&s, "sim-", 2);
+    let _nodes = sim_nodes(&s, "sim-", 2);
     s.ok_stdin(&["apply", "-f", "-"], &DEPLOYMENT.replace("{rollingUpdate: {maxSurge: 1, maxUnavailable: 1}}", "{type: Recreate}"));
     s.ok(&["rollout", "status", "deployment/web", "--timeout=60s"]);
     let watch = PodWatch::start(&s, "app=web");
@@ -408,8 +392,8 @@ fn recreate_stops_every_old_pod_before_starting_new_ones() {
 #[test]
 fn affinity_anti_affinity_and_spread_place_pods_as_upstream() {
     let s = Server::start(env!("CARGO_BIN_EXE_berth"));
-    let _a = SimNodes::start(&s, "a-", 2);
-    let _b = SimNodes::start(&s, "b-", 1);
+    let _a = sim_nodes(&s, "a-", 2);
+    let _b = sim_nodes(&s, "b-", 1);
     wait_for("3 nodes", Duration::from_secs(30), || s.get_json(&["nodes"])["items"].as_array().is_some_and(|n| n.len() == 3));
     s.ok(&["label", "node", "a-0", "a-1", "topology.kubernetes.io/zone=zone-a"]);
     s.ok(&["label", "node", "b-0", "topology.kubernetes.io/zone=zone-b"]);
@@ -476,13 +460,8 @@ spec:
     wait_for("the fourth solo pod Unschedulable by anti-affinity", Duration::from_secs(30), || {
         s.get_json(&["pods", "-l", "app=solo"])["items"].as_array().is_some_and(|pods| {
             pods.iter().any(|p| {
-                p["status"]["conditions"].as_array().is_some_and(|c| {
-                    c.iter().any(|c| {
-                        c["type"] == "PodScheduled"
-                            && c["reason"] == "Unschedulable"
-                            && c["message"] == "0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod."
-                    })
-                })
+                unschedulable_message(p).as_deref()
+                    == Some("0/3 nodes are available: 3 node(s) didn't match pod anti-affinity rules. preemption: 0/3 nodes are available: 3 No preemption victims found for incoming pod.")
             })
         })
     });
@@ -491,7 +470,7 @@ spec:
 #[test]
 fn terminated_pods_beyond_the_threshold_are_collected_oldest_first() {
     let s = Server::start_with(env!("CARGO_BIN_EXE_berth"), &["--terminated-pod-gc-threshold=2"]);
-    let _nodes = SimNodes::start(&s, "sim-", 1);
+    let _nodes = sim_nodes(&s, "sim-", 1);
     for name in ["done-1", "done-2", "done-3", "done-4"] {
         s.ok_stdin(
             &["create", "-f", "-"],

@@ -3,39 +3,16 @@
 //! deadline and its conditions, and `kubectl rollout restart`.
 
 use std::collections::BTreeSet;
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
-use testsupport::{Server, eventually};
-
-struct SimNodes(Child);
-
-impl SimNodes {
-    fn start(server: &Server, prefix: &str, count: usize) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["sim-nodes", "--kubeconfig"])
-            .arg(server.kubeconfig())
-            .args(["--prefix", prefix, "--count", &count.to_string(), "--cpu", "4", "--memory", "8Gi"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start berth sim-nodes");
-        SimNodes(child)
-    }
-}
-
-impl Drop for SimNodes {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
+use testsupport::{Server, SimNodes, eventually};
 
 /// A server with one simulated node that is Ready.
 fn cluster() -> (Server, SimNodes) {
     let s = Server::start(env!("CARGO_BIN_EXE_berth"));
-    let nodes = SimNodes::start(&s, "sim-", 1);
+    let nodes = SimNodes::start(env!("CARGO_BIN_EXE_berth"), &s, "sim-", 1, &["--cpu", "4", "--memory", "8Gi"]);
     wait_for("a ready node", Duration::from_secs(30), || {
         s.get_json(&["nodes"])["items"].as_array().is_some_and(|n| {
             n.len() == 1 && n.iter().all(|n| n["status"]["conditions"].as_array().is_some_and(|c| c.iter().any(|c| c["type"] == "Ready" && c["status"] == "True")))

@@ -2,11 +2,10 @@
 //! play the kubelet: they write a pod's final phase (and its containers' exit codes) through the
 //! status subresource, as a kubelet would. A CronJob left to its schedule runs on simulated nodes.
 
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use testsupport::{Server, eventually};
+use testsupport::{Server, SimNodes, eventually};
 
 fn server() -> Server {
     Server::start(env!("CARGO_BIN_EXE_berth"))
@@ -315,30 +314,6 @@ fn cronjob_template_history_and_status() {
     wait_for("an UnparseableSchedule event", || s.ok(&["get", "events", "--field-selector", "involvedObject.name=bad"]).contains("UnparseableSchedule"));
 }
 
-/// `berth sim-nodes` (as KWOK): its pods run for a second and exit 0.
-struct SimNodes(Child);
-
-impl SimNodes {
-    fn start(server: &Server) -> Self {
-        let child = Command::new(env!("CARGO_BIN_EXE_berth"))
-            .args(["sim-nodes", "--kubeconfig"])
-            .arg(server.kubeconfig())
-            .args(["--prefix", "sim-", "--count", "1"])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start berth sim-nodes");
-        SimNodes(child)
-    }
-}
-
-impl Drop for SimNodes {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 const EVERY_MINUTE: &str = r#"
 apiVersion: batch/v1
 kind: CronJob
@@ -386,7 +361,7 @@ fn cronjob_fires_on_its_schedule() {
     assert_eq!((active["kind"].as_str(), active["name"].as_str(), active["namespace"].as_str()), (Some("Job"), Some(name(&fired).as_str()), Some("default")), "{cj}");
 
     // A node runs the pod to success; the CronJob records it and lets the Job go from active.
-    let _nodes = SimNodes::start(&s);
+    let _nodes = SimNodes::start(env!("CARGO_BIN_EXE_berth"), &s, "sim-", 1, &[]);
     s.ok(&["wait", "--for=condition=complete", &format!("job/{}", name(&fired)), "--timeout=60s"]);
     let completed = job(&s, &name(&fired))["status"]["completionTime"].clone();
     assert!(completed.is_string());

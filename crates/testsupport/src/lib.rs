@@ -356,3 +356,29 @@ pub fn agent_server(binary: &str, args: &[&str]) -> AgentServer {
     assert!(ready.is_some(), "node berth-test never became Ready:\n{}", server.log());
     AgentServer { server, _guard: guard }
 }
+
+/// `berth sim-nodes` against a server: `count` simulated nodes named PREFIX0 … with `flags`
+/// (capacity and the like). Dropping it stops the process, and so its nodes' heartbeats.
+pub struct SimNodes(Child);
+
+impl SimNodes {
+    pub fn start(binary: &str, server: &Server, prefix: &str, count: usize, flags: &[&str]) -> Self {
+        let child = Command::new(binary)
+            .args(["sim-nodes", "--kubeconfig"])
+            .arg(server.kubeconfig())
+            .args(["--prefix", prefix, "--count", &count.to_string()])
+            .args(flags)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start berth sim-nodes");
+        SimNodes(child)
+    }
+}
+
+impl Drop for SimNodes {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
